@@ -1,0 +1,5 @@
+import sys
+
+from otterlite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Command line: `otterlite COMMAND ...`. Each command is a library call; errors print one
+line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from otterlite.errors import OtterliteError
+
+EPILOG = """examples:
+  otterlite demo
+  otterlite encode photo.png -o photo.otl --n-ch 12
+  otterlite transcode photo.otl -o photo.jpg --k 1
+  otterlite decode photo.jpg -o photo.png
+  otterlite info photo.otl
+checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
+hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotter: bool = False) -> None:
+    if frappe:
+        p.add_argument("--checkpoint", default="default",
+                       help="FRAPPE checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)")
+    if seaotter:
+        p.add_argument("--seaotter-checkpoint", default="default",
+                       help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV]")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for hub: checkpoints")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otterlite", description="FRAPPE / SEA OTTER learned image codec toolchain.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole workflow on a bundled photo with the embedded models",
+                       epilog="example: otterlite demo --out /tmp/demo --n-ch 6")
+    p.add_argument("--image", default=None, help="photo to use (default: scikit-image's astronaut.png)")
+    p.add_argument("--out", default="otterlite-demo", help="output folder (default: otterlite-demo)")
+    p.add_argument("--n-ch", type=int, default=None, help="latent channels (default: all trained)")
+    p.add_argument("--k", type=int, default=1, help="SEA OTTER operating point (default: 1)")
+
+    p = sub.add_parser("encode", help="sensor: image -> .otl latent container",
+                       epilog="example: otterlite encode photo.png -o photo.otl --n-ch 12")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True, help="output .otl file")
+    p.add_argument("--n-ch", type=int, default=None, help="latent channels 1..n_trained (default: n_trained)")
+    add_checkpoint_args(p)
+
+    p = sub.add_parser("transcode", help="cloud: .otl -> SEA OTTER JPEG",
+                       epilog="example: otterlite transcode photo.otl -o photo.jpg --k 1")
+    p.add_argument("container")
+    p.add_argument("-o", "--output", required=True, help="output .jpg file")
+    p.add_argument("--k", type=int, default=0, help="operating point (qtable index, default 0)")
+    add_checkpoint_args(p, seaotter=True)
+
+    p = sub.add_parser("decode", help="consumer: SEA OTTER JPEG -> PNG",
+                       epilog="example: otterlite decode photo.jpg -o photo.png")
+    p.add_argument("jpeg")
+    p.add_argument("-o", "--output", required=True, help="output .png file")
+    p.add_argument("--force", action="store_true", help="decode a JPEG without (or with another) otterlite marker")
+    add_checkpoint_args(p, frappe=False, seaotter=True)
+
+    p = sub.add_parser("info", help="describe a .otl container or SEA OTTER JPEG",
+                       epilog="example: otterlite info photo.otl")
+    p.add_argument("file")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from otterlite import workflow
+
+    if args.command == "demo":
+        from otterlite.demo import run_demo
+
+        run_demo(args.image, args.out, args.n_ch, args.k)
+    elif args.command == "encode":
+        st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir)
+        print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
+    elif args.command == "transcode":
+        st = workflow.transcode_file(args.container, args.output, args.k, args.checkpoint,
+                                     args.seaotter_checkpoint, args.cache_dir)
+        print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
+    elif args.command == "decode":
+        st = workflow.decode_file(args.jpeg, args.output, args.seaotter_checkpoint, args.cache_dir, args.force)
+        print(f"wrote {st.path}: {st.size} bytes")
+    elif args.command == "info":
+        from otterlite.info import describe
+
+        print("\n".join(describe(args.file)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        run(args)
+    except OtterliteError as err:
+        print(f"otterlite: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"otterlite: error: {err.name or err} is not installed; pip install 'otterlite[all]'",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,63 @@
+"""The SEA OTTER JPEG codec: three codec-domain channels stored as the Y, Cb, Cr
+components with no colour conversion, 4:4:4, one quantization table per channel,
+read back raw through libjpeg (Pillow `draft("YCbCr")`). numpy + Pillow only.
+
+A COM marker "otl seaotter=<first 16 hex digits of the checkpoint sha256> k=<K>" records
+which checkpoint and operating point wrote the file, so the consumer can refuse a
+mismatched inverse.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from otterlite.errors import OtterliteError
+
+COMMENT_PREFIX = b"otl seaotter="
+SHA_DIGITS = 16
+
+
+def write_codec_jpeg(codec: np.ndarray, qtables: list[list[int]], checkpoint_sha: str, k: int) -> bytes:
+    """codec: (H, W, 3) uint8; qtables: 3 lists of 64 ints (raster order, 1..255)."""
+    if codec.dtype != np.uint8 or codec.ndim != 3 or codec.shape[2] != 3:
+        raise OtterliteError(f"codec image must be (H, W, 3) uint8, got {codec.shape} {codec.dtype}")
+    h, w, _ = codec.shape
+    image = Image.frombytes("YCbCr", (w, h), np.ascontiguousarray(codec).tobytes())
+    buf = io.BytesIO()
+    comment = COMMENT_PREFIX + checkpoint_sha[:SHA_DIGITS].encode() + b" k=" + str(k).encode()
+    image.save(buf, format="JPEG", qtables=[list(map(int, q)) for q in qtables],
+               subsampling=0, comment=comment)
+    return buf.getvalue()
+
+
+def read_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict]:
+    """-> ((H, W, 3) uint8 raw components, {"seaotter": sha or None, "k": int or None})."""
+    if not data.startswith(b"\xff\xd8"):
+        raise OtterliteError(f"{source}: not a JPEG file (no SOI marker); decode takes the .jpg "
+                             f"written by 'otterlite transcode'")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.draft("YCbCr", image.size)
+        if image.mode != "YCbCr":
+            raise OtterliteError(f"{source}: JPEG mode {image.mode}; expected 3 components (YCbCr)")
+        image.load()
+        comps = np.asarray(image, dtype=np.uint8)
+    except OtterliteError:
+        raise
+    except Exception as err:
+        raise OtterliteError(f"{source}: unreadable JPEG ({str(err)[:100]}); the file is "
+                             f"truncated or corrupted") from None
+    return comps, parse_comment(image.info.get("comment", b""))
+
+
+def parse_comment(comment: bytes) -> dict:
+    meta = {"seaotter": None, "k": None}
+    if comment.startswith(COMMENT_PREFIX):
+        fields = comment[len(COMMENT_PREFIX):].decode("ascii", "replace").split()
+        meta["seaotter"] = fields[0] if fields else None
+        for f in fields[1:]:
+            if f.startswith("k="):
+                meta["k"] = int(f[2:])
+    return meta

@@ -1,0 +1,149 @@
+"""The three codec stages as library functions (the CLI is a thin layer over these).
+
+sensor:   image -> FRAPPE encoder -> int8 latents -> .otl container
+cloud:    .otl -> FRAPPE decoder -> RGB -> SEA OTTER forward -> JPEG (learned qtables)
+consumer: JPEG -> libjpeg raw components -> SEA OTTER inverse -> RGB
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from otterlite.container import LatentFrame, read_container, read_header, write_container
+from otterlite.errors import OtterliteError
+from otterlite.images import encode_png, load_rgb, pad_to_multiple
+from otterlite.models.jpeg import SHA_DIGITS, read_codec_jpeg, write_codec_jpeg
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write via a temporary file and rename, so a failure never leaves a partial output."""
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        raise OtterliteError(f"output folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise OtterliteError(f"{path}: no such file; give the {what}")
+    return path.read_bytes()
+
+
+def nchw(rgb: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+
+
+def hwc(tensor) -> np.ndarray:
+    return tensor[0].numpy().transpose(1, 2, 0)
+
+
+def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray) -> LatentFrame:
+    """Pad to the largest patch (edge replication), run the encoder, wrap as a frame."""
+    big = max(g.ps for g in model.groups)
+    h, w = rgb.shape[:2]
+    if h < big or w < big:
+        raise OtterliteError(f"image {w}x{h} is smaller than one {big}x{big} patch; use an image of "
+                             f"at least {big}x{big} or fewer channels (--n-ch)")
+    latents = model.encode(nchw(pad_to_multiple(rgb, big)))
+    return LatentFrame(checkpoint_sha, w, h, [(g.ps, g.start, g.end) for g in model.groups],
+                       [z[0].numpy() for z in latents])
+
+
+def decode_frame(model, frame: LatentFrame) -> np.ndarray:
+    """FRAPPE decode to uint8 RGB, cropped to the original size."""
+    import torch
+
+    rgb = hwc(model.decode([torch.from_numpy(z)[None] for z in frame.latents]))
+    return rgb[: frame.height, : frame.width]
+
+
+def check_frappe_matches(frame: LatentFrame, ckpt, model, source: str) -> None:
+    if frame.checkpoint_sha256 != ckpt.sha256:
+        raise OtterliteError(f"{source} was encoded with FRAPPE checkpoint {frame.checkpoint_sha256[:12]}, "
+                             f"but {ckpt.source} is {ckpt.sha256[:12]}; pass the same --checkpoint "
+                             f"that encoded it")
+    if frame.n_ch != model.n_ch:
+        raise OtterliteError(f"{source} holds {frame.n_ch} channels but the model snapshot has "
+                             f"{model.n_ch}")
+
+
+@dataclass
+class Stage:
+    path: Path
+    size: int
+    pixels: int
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.size / self.pixels
+
+
+def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = None,
+                n_ch: int | None = None, cache_dir: str | None = None) -> Stage:
+    from otterlite.models.checkpoint import load_frappe
+
+    rgb = load_rgb(image)
+    model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
+    data = write_container(encode_rgb(model, ckpt.sha256, rgb))
+    return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1])
+
+
+def transcode_bytes(container: bytes, k: int, frappe, frappe_ckpt, seaotter, seaotter_ckpt,
+                    source: str = "container") -> bytes:
+    frame, _ = read_header(container, source)
+    check_frappe_matches(frame, frappe_ckpt, frappe, source)
+    frame = read_container(container, source)
+    rgb = decode_frame(frappe, frame)
+    codec = hwc(seaotter.fwd.to_codec_uint8(nchw(rgb)))
+    return write_codec_jpeg(codec, seaotter.qtable(k), seaotter_ckpt.sha256, k)
+
+
+def transcode_file(container: str | Path, out: str | Path, k: int = 0, checkpoint: str | None = None,
+                   seaotter_checkpoint: str | None = None, cache_dir: str | None = None) -> Stage:
+    from otterlite.models.checkpoint import load_frappe, load_seaotter
+
+    data = read_bytes(container, ".otl container written by 'otterlite encode'")
+    frame, _ = read_header(data, str(container))
+    frappe, frappe_ckpt = load_frappe(checkpoint, frame.n_ch, cache_dir)
+    seaotter, seaotter_ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
+    seaotter.qtable(k)
+    jpeg = transcode_bytes(data, k, frappe, frappe_ckpt, seaotter, seaotter_ckpt, str(container))
+    return Stage(write_atomic(out, jpeg), len(jpeg), frame.width * frame.height)
+
+
+def decode_bytes(jpeg: bytes, seaotter, seaotter_ckpt, source: str = "JPEG", force: bool = False) -> np.ndarray:
+    comps, meta = read_codec_jpeg(jpeg, source)
+    if meta["seaotter"] is None and not force:
+        raise OtterliteError(f"{source}: no otterlite marker, so it was not written by 'otterlite "
+                             f"transcode'; pass --force to apply the inverse transform anyway")
+    if meta["seaotter"] is not None and meta["seaotter"] != seaotter_ckpt.sha256[:SHA_DIGITS] and not force:
+        raise OtterliteError(f"{source} was written with SEA OTTER checkpoint {meta['seaotter'][:12]}, "
+                             f"but {seaotter_ckpt.source} is {seaotter_ckpt.sha256[:12]}; pass the "
+                             f"matching --seaotter-checkpoint (or --force)")
+    return hwc(seaotter.inv.to_rgb_uint8(nchw(comps)))
+
+
+def decode_file(jpeg: str | Path, out: str | Path, seaotter_checkpoint: str | None = None,
+                cache_dir: str | None = None, force: bool = False) -> Stage:
+    from otterlite.models.checkpoint import load_seaotter
+
+    data = read_bytes(jpeg, "JPEG written by 'otterlite transcode'")
+    seaotter, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
+    rgb = decode_bytes(data, seaotter, ckpt, str(jpeg), force)
+    png = encode_png(rgb)
+    return Stage(write_atomic(out, png), len(png), rgb.shape[0] * rgb.shape[1])
