@@ -1,0 +1,138 @@
+"""Integer spec -> ONNX graph, built node by node with onnx.helper (no torch.onnx).
+
+Only exact forms are used (see shared EXACTNESS facts):
+- accumulators: ConvInteger on uint8 x uint8 weights (int8 + 128, w_zero_point 128);
+  weights wider than 8 bits are split W = 16 * W_hi + W_lo (W_hi int8, W_lo in 0..15) and
+  combined in int32; specs bounded below 2^24 may use a float32 Conv on integer values.
+- thresholds: two-level count. T is padded to 256 columns with INT32_MAX; k = #{m : a >=
+  T[16m + 15]} (0..15), then out = base + 16k + #{i < 16 : a >= T[16k + i]}, the 16 fine
+  thresholds fetched with GatherElements. Pure int32 compares: exact everywhere.
+- tables: GatherElements on a [3, 256] float32 table of integers; the channel mix is a
+  float32 Conv whose partial sums stay below 2^24; floor(acc / 2^shift) is an int32 Div of
+  a value first clipped to [0, 256 * 2^shift - 1], so truncation equals floor.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from otterlite.spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec
+
+OPSET = 17
+INT32_MAX = 2 ** 31 - 1
+
+
+class GraphBuilder:
+    def __init__(self):
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str | None = None, **attrs) -> str:
+        self.count += 1
+        out = name or f"{op_type.lower()}_{self.count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{self.count}_{op_type}", **attrs))
+        return out
+
+
+def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str) -> str:
+    """Exact int32 accumulator of the integer conv of uint8 input x."""
+    k = weights.shape[-1]
+    conv = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+    peak = int(np.abs(weights).max())
+    if peak <= 2047:
+        zp128 = g.const(f"{tag}_w_zero_point", np.array(128, np.uint8))
+    if peak <= 127:
+        w = g.const(f"{tag}_weights_u8", (weights + 128).astype(np.uint8))
+        return g.op("ConvInteger", [x, w, "", zp128], f"{tag}_accumulator", **conv)
+    if peak <= 2047:
+        lo = np.mod(weights, 16)
+        hi = (weights - lo) // 16
+        w_hi = g.const(f"{tag}_weights_hi_u8", (hi + 128).astype(np.uint8))
+        w_lo = g.const(f"{tag}_weights_lo_u8", lo.astype(np.uint8))
+        a_hi = g.op("ConvInteger", [x, w_hi, "", zp128], f"{tag}_accumulator_hi", **conv)
+        a_lo = g.op("ConvInteger", [x, w_lo], f"{tag}_accumulator_lo", **conv)
+        scaled = g.op("Mul", [a_hi, g.const(f"{tag}_sixteen", np.array(16, np.int32))])
+        return g.op("Add", [scaled, a_lo], f"{tag}_accumulator")
+    bound = 255 * int(np.abs(weights).reshape(weights.shape[0], -1).sum(1).max())
+    assert bound < FLOAT_EXACT_LIMIT, "freeze guarantees the float32-exact bound for wide weights"
+    xf = g.op("Cast", [x], to=TensorProto.FLOAT)
+    w = g.const(f"{tag}_weights_f32", weights.astype(np.float32))
+    af = g.op("Conv", [xf, w], **conv)
+    return g.op("Cast", [af], f"{tag}_accumulator", to=TensorProto.INT32)
+
+
+def count_thresholds(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: tuple[int, int, int], tag: str) -> str:
+    """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}."""
+    c, h, w = shape
+    padded = np.full((c, 256), INT32_MAX, np.int64)
+    padded[:, : thresholds.shape[1]] = thresholds
+    padded = padded.astype(np.int32)
+    flat = g.op("Reshape", [acc, g.const(f"{tag}_shape_c1n", np.array([c, 1, h * w], np.int64))])
+    coarse = g.const(f"{tag}_coarse_thresholds", padded[:, 15::16].reshape(c, 16, 1))
+    block = g.op("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", [flat, coarse])], to=TensorProto.INT32),
+                               g.const(f"{tag}_axis1", np.array([1], np.int64))], keepdims=1)
+    start = g.op("Mul", [block, g.const(f"{tag}_block", np.array(16, np.int32))])  # (C, 1, N)
+    index = g.op("Add", [g.op("Cast", [start], to=TensorProto.INT64),
+                         g.const(f"{tag}_offsets", np.arange(16, dtype=np.int64).reshape(1, 16, 1))])
+    index = g.op("Reshape", [index, g.const(f"{tag}_shape_c_16n", np.array([c, 16 * h * w], np.int64))])
+    fine = g.op("GatherElements", [g.const(f"{tag}_thresholds", padded), index], axis=1)
+    fine = g.op("Reshape", [fine, g.const(f"{tag}_shape_c16n", np.array([c, 16, h * w], np.int64))])
+    within = g.op("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", [flat, fine])], to=TensorProto.INT32),
+                                g.const(f"{tag}_axis1b", np.array([1], np.int64))], keepdims=1)
+    total = g.op("Add", [start, within])
+    return g.op("Reshape", [total, g.const(f"{tag}_shape_out", np.array([1, c, h, w], np.int64))], f"{tag}_count")
+
+
+def output_shape(stage, height: int, width: int) -> tuple[int, int, int]:
+    k = stage.weights.shape[-1]
+    return (stage.weights.shape[0], (height + 2 * stage.pad - k) // stage.stride + 1,
+            (width + 2 * stage.pad - k) // stage.stride + 1)
+
+
+def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, output_names: list[str]) -> onnx.ModelProto:
+    g = GraphBuilder()
+    out_type = TensorProto.INT8 if spec.out_dtype == "int8" else TensorProto.UINT8
+    outputs = []
+    for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
+        tag = f"s{i}"
+        shape = output_shape(stage, height, width)
+        acc = accumulate(g, "image", stage.weights, stage.stride, stage.pad, tag)
+        count = count_thresholds(g, acc, stage.thresholds, shape, tag)
+        level = g.op("Add", [count, g.const(f"{tag}_base", np.array(spec.base, np.int32))])
+        g.op("Cast", [level], name, to=out_type)
+        outputs.append(helper.make_tensor_value_info(name, out_type, [1, *shape]))
+    inputs = [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, height, width])]
+    return finish(g, spec.kind, inputs, outputs)
+
+
+def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: str) -> onnx.ModelProto:
+    g = GraphBuilder()
+    k = spec.weights.shape[-1]
+    idx = g.op("Reshape", [g.op("Cast", ["codec"], to=TensorProto.INT64),
+                           g.const("shape_3n", np.array([3, height * width], np.int64))])
+    t = g.op("GatherElements", [g.const("tables_f32", spec.tables.astype(np.float32)), idx], "table_values", axis=1)
+    t = g.op("Reshape", [t, g.const("shape_13hw", np.array([1, 3, height, width], np.int64))])
+    acc = g.op("Conv", [t, g.const("mix_weights_f32", spec.weights.astype(np.float32)),
+                        g.const("mix_bias_f32", spec.bias.astype(np.float32))],
+               kernel_shape=[k, k], pads=[spec.pad] * 4)
+    acc = g.op("Cast", [acc], "accumulator", to=TensorProto.INT32)
+    top = 256 * 2 ** spec.shift - 1
+    clipped = g.op("Clip", [acc, g.const("zero_i32", np.array(0, np.int32)), g.const("top_i32", np.array(top, np.int32))])
+    out = g.op("Div", [clipped, g.const("divisor_i32", np.array(2 ** spec.shift, np.int32))])
+    g.op("Cast", [out], output_name, to=TensorProto.UINT8)
+    inputs = [helper.make_tensor_value_info("codec", TensorProto.UINT8, [1, 3, height, width])]
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.UINT8, [1, 3, height, width])]
+    return finish(g, spec.kind, inputs, outputs)
+
+
+def finish(g: GraphBuilder, name: str, inputs, outputs) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="otterlite")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

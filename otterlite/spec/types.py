@@ -1,0 +1,149 @@
+"""Integer spec types and their binary blob (numpy only).
+
+ThresholdConvSpec (frappe-encoder, seaotter-forward), per stage (scale group):
+    a[c, h, w] = sum_{i,u,v} W[c, i, u, v] * x[i, h*stride + u - pad, w*stride + v - pad]
+                 (x uint8, zero outside the image; exact integer, |a| <= accumulator_bound)
+    out[c, h, w] = base + #{ j : a[c, h, w] >= T[c, j] }      (T ascending per channel)
+  i.e. a monotone per-channel step function of an exact accumulator: no rounding at run
+  time; all rounding (the float model's round-half-even) is inside the thresholds.
+
+TableMixSpec (seaotter-inverse):
+    t[c, h, w]   = table[c, z[c, h, w]]                            (z uint8, exact lookup)
+    acc[o, h, w] = sum_{c,u,v} W[o, c, u, v] * t[c, h + u - pad, w + v - pad] + bias[o]
+                   (t zero outside the image; |acc| < 2^24, so exact in int32 and float32)
+    out[o, h, w] = clamp(floor(acc / 2^shift), 0, 255)      (bias holds +2^(shift-1):
+                   round half up of the scaled sum)
+
+Blob layout (little-endian): magic b"OTLS", u8 version (1), 3 zero bytes, u32 JSON length
+N, N bytes of UTF-8 JSON (kind, fields, and for each array its name, dtype, shape and
+byte offset from the start of the array area), zero padding to a multiple of 16, then the
+arrays, each C-contiguous and starting at a multiple of 16.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from otterlite.errors import OtterliteError
+
+MAGIC = b"OTLS"
+VERSION = 1
+FLOAT_EXACT_LIMIT = 2 ** 24  # every partial sum below this is exact in float32
+INT32_LIMIT = 2 ** 31
+
+
+@dataclass
+class ConvStage:
+    weights: np.ndarray  # (C, Cin, k, k) int32 holding the integer weights
+    thresholds: np.ndarray  # (C, L) int64 ascending per channel
+    stride: int
+    pad: int
+    channels: tuple[int, int] = (0, 0)  # latent channel range [start, end) for FRAPPE groups
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of a signed integer that holds every weight."""
+        return int(np.abs(self.weights).max()).bit_length() + 1
+
+    def accumulator_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel (min, max) of a over all uint8 inputs."""
+        w = self.weights.reshape(self.weights.shape[0], -1).astype(np.int64)
+        return 255 * np.minimum(w, 0).sum(1), 255 * np.maximum(w, 0).sum(1)
+
+
+@dataclass
+class ThresholdConvSpec:
+    kind: str  # "frappe-encoder" | "seaotter-forward"
+    stages: list[ConvStage]
+    base: int  # -127 (int8 latents) or 0 (uint8 codec values)
+    out_dtype: str  # "int8" | "uint8"
+    source_sha256: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def accumulator_bound(self) -> int:
+        return int(max(max(-lo.min(), hi.max()) for lo, hi in (s.accumulator_range() for s in self.stages)))
+
+    @property
+    def largest_stride(self) -> int:
+        return max(s.stride for s in self.stages)
+
+
+@dataclass
+class TableMixSpec:
+    kind: str  # "seaotter-inverse"
+    tables: np.ndarray  # (3, 256) int64
+    weights: np.ndarray  # (3, 3, k, k) int64
+    bias: np.ndarray  # (3,) int64, includes the rounding constant 2^(shift-1)
+    shift: int
+    pad: int
+    source_sha256: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def accumulator_bound(self) -> int:
+        t = np.abs(self.tables).max(axis=1)  # per input channel
+        w = np.abs(self.weights).sum(axis=(2, 3))  # (out, in)
+        return int((w @ t + np.abs(self.bias)).max())
+
+
+def _arrays(spec) -> dict[str, np.ndarray]:
+    if isinstance(spec, TableMixSpec):
+        return {"tables": spec.tables, "weights": spec.weights, "bias": spec.bias}
+    out = {}
+    for i, s in enumerate(spec.stages):
+        out[f"stage{i}.weights"] = s.weights
+        out[f"stage{i}.thresholds"] = s.thresholds
+    return out
+
+
+def _fields(spec) -> dict:
+    if isinstance(spec, TableMixSpec):
+        return {"class": "TableMixSpec", "kind": spec.kind, "shift": spec.shift, "pad": spec.pad,
+                "source_sha256": spec.source_sha256, "info": spec.info}
+    return {"class": "ThresholdConvSpec", "kind": spec.kind, "base": spec.base, "out_dtype": spec.out_dtype,
+            "source_sha256": spec.source_sha256, "info": spec.info,
+            "stages": [{"stride": s.stride, "pad": s.pad, "channels": list(s.channels)} for s in spec.stages]}
+
+
+def save_spec(spec) -> bytes:
+    arrays, layout, offset = _arrays(spec), [], 0
+    for name, arr in arrays.items():
+        dtype = "<i4" if np.abs(arr).max(initial=0) < INT32_LIMIT else "<i8"
+        layout.append({"name": name, "dtype": dtype, "shape": list(arr.shape), "offset": offset})
+        offset += -(-arr.size * np.dtype(dtype).itemsize // 16) * 16
+    meta = json.dumps({**_fields(spec), "arrays": layout}).encode()
+    head = MAGIC + struct.pack("<B3xI", VERSION, len(meta)) + meta
+    head += bytes(-len(head) % 16)
+    body = bytearray(offset)
+    for item, arr in zip(layout, arrays.values()):
+        raw = np.ascontiguousarray(arr, dtype=item["dtype"]).tobytes()
+        body[item["offset"]: item["offset"] + len(raw)] = raw
+    return head + bytes(body)
+
+
+def load_spec(data: bytes, source: str = "spec"):
+    if data[:4] != MAGIC:
+        raise OtterliteError(f"{source}: not an otterlite integer spec (magic {data[:4]!r})")
+    version, length = struct.unpack_from("<B3xI", data, 4)
+    if version != VERSION:
+        raise OtterliteError(f"{source}: spec version {version}; this otterlite reads {VERSION}: upgrade otterlite")
+    try:
+        meta = json.loads(data[12:12 + length])
+        start = 12 + length + (-(12 + length) % 16)
+        arrays = {}
+        for item in meta["arrays"]:
+            count = int(np.prod(item["shape"]))
+            arr = np.frombuffer(data, dtype=item["dtype"], count=count, offset=start + item["offset"])
+            arrays[item["name"]] = arr.reshape(item["shape"]).astype(np.int64)
+    except (ValueError, KeyError, TypeError) as err:
+        raise OtterliteError(f"{source}: corrupted integer spec ({err})") from None
+    if meta["class"] == "TableMixSpec":
+        return TableMixSpec(meta["kind"], arrays["tables"], arrays["weights"], arrays["bias"],
+                            meta["shift"], meta["pad"], meta["source_sha256"], meta["info"])
+    stages = [ConvStage(arrays[f"stage{i}.weights"], arrays[f"stage{i}.thresholds"], s["stride"], s["pad"],
+                        tuple(s["channels"])) for i, s in enumerate(meta["stages"])]
+    return ThresholdConvSpec(meta["kind"], stages, meta["base"], meta["out_dtype"], meta["source_sha256"], meta["info"])
