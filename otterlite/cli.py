@@ -13,6 +13,8 @@ EPILOG = """examples:
   otterlite transcode photo.otl -o photo.jpg --k 1
   otterlite decode photo.jpg -o photo.png
   otterlite info photo.otl
+  otterlite export all --format onnx -o models/
+  otterlite verify models/ --json parity.json
 checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
 
@@ -61,19 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="decode a JPEG without (or with another) otterlite marker")
     add_checkpoint_args(p, frappe=False, seaotter=True)
 
+    p = sub.add_parser("export", help="freeze a model into its integer spec and write deployable files",
+                       epilog="example: otterlite export frappe-encoder --format onnx -o out/ --input-size 512x512")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="frappe-encoder, seaotter-inverse, seaotter-forward (or 'all')")
+    p.add_argument("--format", default="onnx", help="comma-separated formats (default: onnx)")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels (default: n_trained)")
+    p.add_argument("--input-size", default="512x512", help="HxW of the exported graphs (default 512x512)")
+    p.add_argument("--k", type=int, default=0, help="SEA OTTER operating point recorded with the forward transform")
+    p.add_argument("--weight-bits", type=int, default=8,
+                   help="FRAPPE encoder weight bits: 8 (int8, default) or up to 12 (split into int8 parts)")
+    add_checkpoint_args(p, seaotter=True)
+
+    p = sub.add_parser("verify", help="run every artifact in DIR on every backend; exit 0 only if all are bit-exact",
+                       epilog="example: otterlite verify out/ --json parity.json")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--images", nargs="+", default=None, help="photos to verify on (default: bundled photos)")
+    p.add_argument("--backends", nargs="+", default=None, help="subset of backends (default: all)")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+
     p = sub.add_parser("info", help="describe a .otl container or SEA OTTER JPEG",
                        epilog="example: otterlite info photo.otl")
     p.add_argument("file")
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     from otterlite import workflow
 
     if args.command == "demo":
         from otterlite.demo import run_demo
 
-        run_demo(args.image, args.out, args.n_ch, args.k)
+        return 0 if run_demo(args.image, args.out, args.n_ch, args.k)["exact"] else 1
     elif args.command == "encode":
         st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
@@ -84,10 +106,25 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "decode":
         st = workflow.decode_file(args.jpeg, args.output, args.seaotter_checkpoint, args.cache_dir, args.force)
         print(f"wrote {st.path}: {st.size} bytes")
+    elif args.command == "export":
+        from otterlite.export import MODELS, export
+
+        models = list(MODELS) if args.models == ["all"] else args.models
+        export(models, args.format.split(","), args.output, args.checkpoint, args.seaotter_checkpoint,
+               args.n_ch, args.input_size, args.k, args.weight_bits, args.cache_dir)
+    elif args.command == "verify":
+        from otterlite.verify import format_report, verify, write_json
+
+        report = verify(args.folder, args.images, args.backends)
+        print("\n".join(format_report(report)))
+        if args.json:
+            write_json(report, args.json)
+        return 0 if report.exact else 1
     elif args.command == "info":
         from otterlite.info import describe
 
         print("\n".join(describe(args.file)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        run(args)
+        return run(args)
     except OtterliteError as err:
         print(f"otterlite: error: {err}", file=sys.stderr)
         return 2
@@ -105,4 +142,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otterlite: error: {err.name or err} is not installed; pip install 'otterlite[all]'",
               file=sys.stderr)
         return 2
-    return 0

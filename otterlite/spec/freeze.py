@@ -175,12 +175,12 @@ def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
             err = (0.5 * 2.0 ** -e * w_abs.sum(1) + 0.5 * 2.0 ** (e - shift) * taps * t_peak.sum()
                    + 0.5 * 2.0 ** -shift).max()
             if best is None or err < best[0]:
-                best = (err, shift, t_int, w_int, bias)
+                best = (err, shift, e, t_int, w_int, bias)
     if best is None:
         raise OtterliteError("seaotter-inverse: no integer scaling keeps the accumulator below 2^24; "
                              "the tables or weights are too large to export bit-exactly")
-    err, shift, t_int, w_int, bias = best
+    err, shift, e, t_int, w_int, bias = best
     spec = TableMixSpec("seaotter-inverse", t_int.astype(np.int64), w_int.astype(np.int64),
                         bias.astype(np.int64), shift, pad, source_sha256,
-                        {"arch": bundle.arch, "error_bound_lsb": float(err)})
+                        {"arch": bundle.arch, "table_exponent": e, "error_bound_lsb": float(err)})
     return check_bound(spec, FLOAT_EXACT_LIMIT, "seaotter-inverse")

@@ -1,0 +1,272 @@
+"""`otterlite verify DIR`: every artifact on every available backend, against the PyTorch
+integer reference, over photos and a built-in adversarial set. Exact means zero
+mismatching integers; there is no tolerance here."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from otterlite.backends import BACKENDS
+from otterlite.errors import OtterliteError
+from otterlite.export import read_manifest
+from otterlite.images import load_rgb, pad_to_multiple, psnr, sample_photo
+from otterlite.spec import load_spec
+from otterlite.spec.types import TableMixSpec
+
+DEFAULT_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
+
+
+@dataclass
+class Result:
+    model: str
+    backend: str
+    images: int = 0
+    mismatches: int = 0
+    max_lsb: int = 0
+    first_difference: str | None = None
+    status: str = "exact"  # exact | mismatch | not installed: ... | error: ...
+
+
+@dataclass
+class Report:
+    results: list[Result] = field(default_factory=list)
+    fidelity: dict = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return all(r.status == "exact" or r.status.startswith("not installed") for r in self.results) and any(
+            r.status == "exact" for r in self.results)
+
+
+def fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop, or edge-pad, a photo to (1, 3, height, width)."""
+    rgb = pad_to_multiple(rgb, 1)
+    if rgb.shape[0] < height or rgb.shape[1] < width:
+        rgb = np.pad(rgb, ((0, max(0, height - rgb.shape[0])), (0, max(0, width - rgb.shape[1])), (0, 0)), mode="edge")
+    top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
+    return np.ascontiguousarray(rgb[top:top + height, left:left + width].transpose(2, 0, 1))[None]
+
+
+def hit_accumulator(w: np.ndarray, target: int) -> np.ndarray:
+    """Greedy uint8 patch x with sum(w * x) as close to target as the weights allow."""
+    x = np.full(w.size, 128, np.int64)
+    flat = w.ravel().astype(np.int64)
+    delta = target - int(flat @ x)
+    for i in np.argsort(-np.abs(flat)):
+        if flat[i] == 0 or delta == 0:
+            continue
+        new = int(np.clip(x[i] + round(delta / flat[i]), 0, 255))
+        delta -= flat[i] * (new - x[i])
+        x[i] = new
+    return x.reshape(w.shape).astype(np.uint8)
+
+
+def boundary_images(spec, height: int, width: int) -> list[tuple[str, np.ndarray]]:
+    """Per patch-conv stage: patches driving each channel's accumulator to its extremes and to
+    T-1, T, T+1 of a spread of thresholds, tiled over the frame."""
+    out = []
+    for si, stage in enumerate(spec.stages):
+        k = stage.weights.shape[-1]
+        if stage.stride != k or stage.pad:
+            continue
+        lo, hi = stage.accumulator_range()
+        targets = []
+        for c in range(stage.weights.shape[0]):
+            targets += [(c, int(hi[c])), (c, int(lo[c]))]
+            finite = [t for t in stage.thresholds[c] if lo[c] < t <= hi[c]]
+            for t in finite[:: max(1, len(finite) // 12)]:
+                targets += [(c, int(t) + d) for d in (-1, 0, 1)]
+        rows, cols = height // k, width // k
+        image = np.full((3, rows * k, cols * k), 128, np.uint8)
+        for q in range(rows * cols):
+            c, t = targets[q % len(targets)]
+            r, col = divmod(q, cols)
+            image[:, r * k:(r + 1) * k, col * k:(col + 1) * k] = hit_accumulator(stage.weights[c], t)
+        frame = np.full((3, height, width), 128, np.uint8)
+        frame[:, : rows * k, : cols * k] = image
+        out.append((f"boundaries-stage{si}", frame[None]))
+    return out
+
+
+def all_colours(height: int, width: int) -> list[tuple[str, np.ndarray]]:
+    """All 2^24 uint8 triples, in frames of height x width (the last one wraps around)."""
+    codes = np.arange(2 ** 24, dtype=np.uint32)
+    n = height * width
+    frames = []
+    for i in range(math.ceil(2 ** 24 / n)):
+        chunk = np.take(codes, np.arange(i * n, (i + 1) * n), mode="wrap")
+        rgb = np.stack([(chunk >> 16) & 255, (chunk >> 8) & 255, chunk & 255]).astype(np.uint8)
+        frames.append((f"all-colours-{i}", rgb.reshape(1, 3, height, width)))
+    return frames
+
+
+def adversarial(spec, height: int, width: int) -> list[tuple[str, np.ndarray]]:
+    shape = (1, 3, height, width)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(7)
+    images = [
+        ("zeros", np.zeros(shape, np.uint8)), ("full", np.full(shape, 255, np.uint8)),
+        ("checker-1px", np.broadcast_to(((yy + xx) % 2 * 255).astype(np.uint8), shape).copy()),
+        ("checker-8px", np.broadcast_to(((yy // 8 + xx // 8) % 2 * 255).astype(np.uint8), shape).copy()),
+        ("ramp-x", np.broadcast_to((xx * 255 // max(1, width - 1)).astype(np.uint8), shape).copy()),
+        ("ramp-y", np.broadcast_to((yy * 255 // max(1, height - 1)).astype(np.uint8), shape).copy()),
+        ("noise", rng.integers(0, 256, shape, dtype=np.uint8)),
+        ("noise-binary", (rng.integers(0, 2, shape) * 255).astype(np.uint8)),
+    ]
+    if isinstance(spec, TableMixSpec) or spec.kind == "seaotter-forward":
+        return images + all_colours(height, width)
+    return images + boundary_images(spec, height, width)
+
+
+def compare(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> tuple[int, int, str | None]:
+    mismatches, max_lsb, first = 0, 0, None
+    for name, r, g in zip(names, ref, got):
+        if r.shape != g.shape:
+            return r.size, 255, f"{name} (shape {g.shape} != {r.shape})"
+        diff = np.abs(r.astype(np.int64) - g.astype(np.int64))
+        bad = int((diff > 0).sum())
+        if bad and first is None:
+            first = name
+        mismatches += bad
+        max_lsb = max(max_lsb, int(diff.max()))
+    return mismatches, max_lsb, first
+
+
+def verify(folder: str | Path, images: list[str] | None = None, backends: list[str] | None = None,
+           say=print, with_fidelity: bool = True) -> Report:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    names = backends or list(BACKENDS)
+    for b in names:
+        if b not in BACKENDS:
+            raise OtterliteError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    photos = [(Path(p).name, load_rgb(p)) for p in images] if images else [
+        (n, load_rgb(sample_photo(n))) for n in DEFAULT_PHOTOS]
+    report = Report()
+    for entry in manifest["artifacts"]:
+        artifact = folder / entry["file"]
+        if not artifact.is_file():
+            raise OtterliteError(f"{artifact}: listed in manifest.json but missing; re-run 'otterlite export'")
+        if hashlib.sha256(artifact.read_bytes()).hexdigest() != entry["sha256"]:
+            raise OtterliteError(f"{artifact}: sha256 differs from manifest.json: the file is corrupted "
+                                 f"or was changed; re-run 'otterlite export'")
+        spec = load_spec((folder / entry["spec_file"]).read_bytes(), entry["spec_file"])
+        _, _, height, width = entry["inputs"][0]["shape"]
+        inputs = [(n, fit(rgb, height, width)) for n, rgb in photos] + adversarial(spec, height, width)
+        say(f"{entry['model']}: {len(inputs)} inputs ({len(photos)} photos + adversarial set)")
+        reference = BACKENDS["torch-int"].load(artifact, spec)
+        ref_outputs = [reference(x) for _, x in inputs]
+        out_names = [o["name"] for o in entry["outputs"]]
+        for b in names:
+            backend = BACKENDS[b]
+            result = Result(entry["model"], b)
+            report.results.append(result)
+            if backend.artifact not in ("spec", entry["format"]):
+                result.status = f"not applicable to {entry['format']}"
+                continue
+            reason = backend.missing()
+            if reason:
+                result.status = f"not installed: {reason}"
+                continue
+            run = backend.load(artifact, spec)
+            for (label, x), ref in zip(inputs, ref_outputs):
+                bad, lsb, first = compare(ref, run(x), out_names)
+                result.images += 1
+                result.mismatches += bad
+                result.max_lsb = max(result.max_lsb, lsb)
+                if first and result.first_difference is None:
+                    result.first_difference = f"{first} on {label}"
+            result.status = "exact" if result.mismatches == 0 else "mismatch"
+            say(f"  {b}: {result.status}")
+        if with_fidelity:
+            report.fidelity[entry["model"]] = fidelity(entry, spec, photos, height, width)
+    report.results = [r for r in report.results if not r.status.startswith("not applicable")]
+    return report
+
+
+def fidelity(entry: dict, spec, photos, height: int, width: int) -> dict:
+    """The spec against the float model it was frozen from (not a parity check)."""
+    try:
+        import torch
+
+        from otterlite.models.checkpoint import load_frappe, load_seaotter
+        from otterlite.spec.torch_reference import run_spec
+
+        source = entry["checkpoint"]["source"]
+        if entry["model"] == "frappe-encoder":
+            model, ckpt = load_frappe(source, entry["n_ch"])
+        else:
+            bundle, ckpt = load_seaotter(source)
+    except Exception as err:  # the checkpoint may live on another machine
+        return {"available": False, "reason": str(err).splitlines()[0][:200]}
+    if ckpt.sha256 != entry["checkpoint"]["sha256"]:
+        return {"available": False, "reason": f"{source} changed since export"}
+    if entry["model"] == "frappe-encoder":
+        equal = total = max_diff = 0
+        d_psnr = []
+        for _, rgb in photos:
+            x = torch.from_numpy(fit(rgb, height, width))
+            ints, floats = run_spec(spec, x), model.encode(x)
+            diffs = [(a.to(torch.int64) - b.to(torch.int64)).abs() for a, b in zip(ints, floats)]
+            equal += sum(int((d == 0).sum()) for d in diffs)
+            total += sum(d.numel() for d in diffs)
+            max_diff = max([max_diff] + [int(d.max()) for d in diffs])
+            original = x[0].numpy().transpose(1, 2, 0)
+            p_int = psnr(original, model.decode(ints)[0].numpy().transpose(1, 2, 0))
+            p_float = psnr(original, model.decode(floats)[0].numpy().transpose(1, 2, 0))
+            d_psnr.append(p_int - p_float)
+        return {"available": True, "equal_share": equal / total, "max_lsb": max_diff,
+                "decoded_psnr_change_db": float(np.mean(d_psnr)), "images": len(photos)}
+    transform = bundle.inv.to_rgb_uint8 if entry["model"] == "seaotter-inverse" else bundle.fwd.to_codec_uint8
+    equal = max_diff = total = 0
+    for _, x in all_colours(1024, 1024):
+        x = torch.from_numpy(x)
+        d = (run_spec(spec, x)[0].to(torch.int64) - transform(x).to(torch.int64)).abs()
+        equal += int((d == 0).sum())
+        total += d.numel()
+        max_diff = max(max_diff, int(d.max()))
+    return {"available": True, "equal_share": equal / total, "max_lsb": max_diff, "inputs": 2 ** 24}
+
+
+def format_report(report: Report) -> list[str]:
+    models = list(dict.fromkeys(r.model for r in report.results))
+    backends = list(dict.fromkeys(r.backend for r in report.results))
+    cell = {(r.model, r.backend): r for r in report.results}
+    width = max(len(m) for m in models) + 2
+    lines = ["backend".ljust(14) + "".join(m.ljust(max(width, 28)) for m in models)]
+    for b in backends:
+        row = b.ljust(14)
+        for m in models:
+            r = cell.get((m, b))
+            if r is None:
+                text = "-"
+            elif r.status == "exact":
+                text = f"exact ({r.images} inputs)"
+            elif r.status == "mismatch":
+                text = f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}"
+            else:
+                text = r.status
+            row += text.ljust(max(width, 28))
+        lines.append(row)
+    for model, fid in report.fidelity.items():
+        if fid.get("available"):
+            extra = (f", decoded PSNR change {fid['decoded_psnr_change_db']:+.3f} dB"
+                     if "decoded_psnr_change_db" in fid else " over all 16.7M inputs")
+            lines.append(f"fidelity {model}: {100 * fid['equal_share']:.3f}% equal to the float model, "
+                         f"max {fid['max_lsb']} LSB{extra}")
+        else:
+            lines.append(f"fidelity {model}: unavailable ({fid.get('reason')})")
+    lines.append("ALL EXACT" if report.exact else "NOT EXACT")
+    return lines
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    from otterlite.workflow import write_atomic
+
+    data = {"exact": report.exact, "results": [asdict(r) for r in report.results], "fidelity": report.fidelity}
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -1,0 +1,175 @@
+"""Export and parity: every backend bit-exact with the PyTorch integer reference."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import published
+from otterlite.backends import BACKENDS
+from otterlite.cli import main
+from otterlite.export import MODELS, export
+from otterlite.export.onnx_writer import GraphBuilder, count_thresholds, finish
+from otterlite.models.checkpoint import load_frappe, load_seaotter
+from otterlite.spec import load_spec, save_spec
+from otterlite.spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
+from otterlite.spec.torch_reference import run_spec
+from otterlite.verify import adversarial, fit, verify
+
+SIZE = "128x192"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    export(list(MODELS), ["onnx"], out, input_size=SIZE, say=lambda line: None)
+    return out
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_parity_default_models(exported, backend):
+    report = verify(exported, backends=[backend], say=lambda line: None, with_fidelity=False)
+    assert [r.model for r in report.results] == list(MODELS)
+    for r in report.results:
+        assert r.status == "exact" and r.mismatches == 0 and r.images > 10, r
+
+
+def test_fidelity_goals(exported):
+    report = verify(exported, backends=["torch-int"], say=lambda line: None)
+    enc = report.fidelity["frappe-encoder"]
+    assert enc["max_lsb"] <= 1 and enc["equal_share"] > 0.98
+    inv = report.fidelity["seaotter-inverse"]
+    assert inv["max_lsb"] <= 1 and inv["inputs"] == 2 ** 24
+
+
+def test_published_format_random_checkpoint_on_photos(tmp_path):
+    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6])
+    so_dir, _ = published.write_seaotter(tmp_path / "s", "D")
+    out = tmp_path / "out"
+    assert main(["export", "all", "--format", "onnx", "-o", str(out), "--checkpoint", str(frappe_dir),
+                 "--seaotter-checkpoint", str(so_dir), "--n-ch", "6", "--input-size", "64x96",
+                 "--weight-bits", "12"]) == 0
+    assert main(["verify", str(out), "--backends", "torch-int", "ort-O3-t2", "ort-O0-t1",
+                 "--json", str(tmp_path / "v.json")]) == 0
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["exact"] is True
+    assert {r["model"] for r in result["results"]} == set(MODELS)
+    assert all(r["mismatches"] == 0 and r["max_lsb"] == 0 for r in result["results"])
+
+
+def test_thresholds_exhaustive_at_boundaries():
+    """Every threshold of the default encoder at T-1, T, T+1 through the ONNX threshold
+    stage (two-level count) against searchsorted."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model, ckpt = load_frappe()
+    spec = freeze_frappe_encoder(model, ckpt.sha256)
+    for stage in spec.stages:
+        t = stage.thresholds
+        c = t.shape[0]
+        probes = np.concatenate([t - 1, t, t + 1], axis=1)  # (C, 3L)
+        lo, hi = stage.accumulator_range()
+        probes = np.concatenate([probes, lo[:, None], hi[:, None]], axis=1)
+        n = probes.shape[1]
+        g = GraphBuilder()
+        count_thresholds(g, "acc", t, (c, 1, n), "t")
+        inp = [helper.make_tensor_value_info("acc", TensorProto.INT32, [1, c, 1, n])]
+        outp = [helper.make_tensor_value_info("t_count", TensorProto.INT32, [1, c, 1, n])]
+        m = finish(g, "thresholds", inp, outp)
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"acc": probes.reshape(1, c, 1, n).astype(np.int32)})[0].reshape(c, n)
+        want = np.stack([np.searchsorted(t[i], probes[i], side="right") for i in range(c)])
+        np.testing.assert_array_equal(got, want)
+        # the step really happens at T: count(T) - count(T-1) >= 1 for every finite threshold
+        L = t.shape[1]
+        finite = (t > lo[:, None]) & (t <= hi[:, None])
+        assert np.all((want[:, L:2 * L] - want[:, :L])[finite] >= 1)
+
+
+def test_inverse_tables_exhaustive():
+    """All 256 codes of each table are the float stages scaled by 2^e and rounded."""
+    bundle, ckpt = load_seaotter()
+    spec = freeze_seaotter_inverse(bundle, ckpt.sha256)
+    from otterlite.spec.freeze import inverse_float_parts
+
+    table, _, _, _ = inverse_float_parts(bundle.inv)
+    assert spec.tables.shape == (3, 256)
+    np.testing.assert_array_equal(spec.tables, np.round(table * 2.0 ** spec.info["table_exponent"]))
+
+
+def test_graph_structure(exported):
+    ops = {}
+    for name in MODELS:
+        m = onnx.load(str(exported / f"{name}.onnx"))
+        ops[name] = {n.op_type for n in m.graph.node}
+        assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        for out in m.graph.output:
+            want = onnx.TensorProto.INT8 if name == "frappe-encoder" else onnx.TensorProto.UINT8
+            assert out.type.tensor_type.elem_type == want
+        assert not ops[name] & {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "Round", "Softsign"}
+    assert "ConvInteger" in ops["frappe-encoder"] and "GatherElements" in ops["frappe-encoder"]
+    assert "GatherElements" in ops["seaotter-inverse"] and "Div" in ops["seaotter-inverse"]
+    manifest = json.loads((exported / "manifest.json").read_text())
+    enc = next(e for e in manifest["artifacts"] if e["model"] == "frappe-encoder")
+    assert enc["scale_groups"] == [[32, 0, 3], [16, 3, 9], [8, 9, 12]] and enc["n_ch"] == 12
+    assert [o["shape"] for o in enc["outputs"]] == [[1, 3, 4, 6], [1, 6, 8, 12], [1, 3, 16, 24]]
+
+
+def test_spec_blob_round_trip(exported):
+    for name in MODELS:
+        data = (exported / f"{name}.spec").read_bytes()
+        spec = load_spec(data)
+        assert save_spec(spec) == data
+
+
+def test_manifest_crc_matches_reference(exported):
+    import zlib
+
+    from otterlite.export import fixed_input
+
+    manifest = json.loads((exported / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        spec = load_spec((exported / entry["spec_file"]).read_bytes())
+        outs = run_spec(spec, torch.from_numpy(fixed_input(128, 192)))
+        assert [zlib.crc32(o.numpy().tobytes()) for o in outs] == list(entry["fixed_input_output_crc32"].values())
+
+
+def test_export_bad_input(tmp_path, capsys, exported):
+    out = tmp_path / "o"
+    for argv, fragment in [
+        (["export", "nope", "-o", str(out)], "unknown model"),
+        (["export", "frappe-encoder", "--format", "coreml", "-o", str(out)], "unknown format"),
+        (["export", "frappe-encoder", "--input-size", "100x100", "-o", str(out)], "multiples of the largest patch"),
+        (["export", "frappe-encoder", "--weight-bits", "16", "-o", str(out)], "--weight-bits 16"),
+        (["verify", str(tmp_path / "empty")], "no such directory"),
+    ]:
+        assert main(argv) == 2
+        assert fragment in capsys.readouterr().err
+        assert not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["verify", str(tmp_path / "empty")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in exported.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    onnx_file = broken / "seaotter-inverse.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-50])
+    assert main(["verify", str(broken)]) == 2
+    assert "sha256 differs" in capsys.readouterr().err
+    (broken / "manifest.json").write_text("{")
+    assert main(["verify", str(broken)]) == 2
+    assert "corrupted manifest" in capsys.readouterr().err
+
+
+def test_adversarial_set_reaches_extremes():
+    model, ckpt = load_frappe()
+    spec = freeze_frappe_encoder(model, ckpt.sha256)
+    imgs = dict(adversarial(spec, 128, 192))
+    _, trace = run_spec(spec, torch.from_numpy(imgs["boundaries-stage2"]), intermediate=True)
+    lo, hi = spec.stages[2].accumulator_range()
+    acc = trace["stage2.accumulator"][0]
+    assert all(int(acc[c].max()) == hi[c] and int(acc[c].min()) == lo[c] for c in range(3))
+    assert fit(np.zeros((10, 10, 3), np.uint8), 32, 32).shape == (1, 3, 32, 32)
