@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Backend:
@@ -57,6 +55,3 @@ for _short, _level in ORT_LEVELS.items():
         _name = f"ort-{_short}-t{_threads}"
         BACKENDS[_name] = Backend(_name, "onnx", "onnxruntime", onnxruntime_loader(_level, _threads))
 
-
-def outputs_equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return all(x.shape == y.shape and np.array_equal(x.astype(np.int64), y.astype(np.int64)) for x, y in zip(a, b))

@@ -14,7 +14,7 @@ import numpy as np
 from otterlite.backends import BACKENDS
 from otterlite.errors import OtterliteError
 from otterlite.export import read_manifest
-from otterlite.images import load_rgb, pad_to_multiple, psnr, sample_photo
+from otterlite.images import load_rgb, psnr, sample_photo
 from otterlite.spec import load_spec
 from otterlite.spec.types import TableMixSpec
 
@@ -45,7 +45,6 @@ class Report:
 
 def fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """Centre-crop, or edge-pad, a photo to (1, 3, height, width)."""
-    rgb = pad_to_multiple(rgb, 1)
     if rgb.shape[0] < height or rgb.shape[1] < width:
         rgb = np.pad(rgb, ((0, max(0, height - rgb.shape[0])), (0, max(0, width - rgb.shape[1])), (0, 0)), mode="edge")
     top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
