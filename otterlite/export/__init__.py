@@ -134,9 +134,11 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
         multiple = spec.largest_stride if name == "frappe-encoder" else 1
         height, width = parse_size(input_size or "512x512", multiple)
         files[f"{name}.spec"] = save_spec(spec)
-        extra = {"k": k, "weight_bits": spec.info.get("weight_bits")} if name == "seaotter-forward" else {}
-        if name == "frappe-encoder":
-            extra = {"n_ch": spec.info["n_ch"], "scale_groups": spec.info["groups"], "weight_bits": weight_bits}
+        extra = {
+            "frappe-encoder": {"n_ch": spec.info.get("n_ch"), "scale_groups": spec.info.get("groups"),
+                               "weight_bits": weight_bits},
+            "seaotter-forward": {"k": k, "weight_bits": spec.info.get("weight_bits")},
+        }.get(name, {})
         for fmt in formats:
             data = build_onnx(spec, height, width)
             files[f"{name}.{fmt}"] = data

@@ -14,7 +14,7 @@ import torch
 
 from otterlite.errors import OtterliteError
 from otterlite.spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, ConvStage, TableMixSpec,
-                                  ThresholdConvSpec)
+                                  ThresholdConvSpec, accumulator_range)
 
 FRAPPE_WEIGHT_BITS = 8
 
@@ -62,7 +62,7 @@ def freeze_threshold_stage(w_float, scale_of_a, offset, fn, bits, base, n_levels
     w_int, s = quantize_per_channel(w_float, bits)
     gain = scale_of_a * s
     offset = offset(w_int, s)
-    lo, hi = 255 * np.minimum(w_int, 0).reshape(len(s), -1).sum(1), 255 * np.maximum(w_int, 0).reshape(len(s), -1).sum(1)
+    lo, hi = accumulator_range(w_int)
     probe = np.stack([lo, hi], 1).astype(np.float64)
     ends = fn(gain[:, None] * probe + offset[:, None])
     flip = ends[:, 1] < ends[:, 0]
@@ -85,7 +85,7 @@ def freeze_threshold_stage(w_float, scale_of_a, offset, fn, bits, base, n_levels
 
 def check_bound(spec, limit: int, what: str):
     bound = spec.accumulator_bound
-    if bound >= limit:
+    if bound + 1 >= limit:  # + 1: a never-reached threshold is stored as the bound + 1
         raise OtterliteError(f"{what}: worst-case accumulator {bound} exceeds the exactness limit "
                              f"{limit}; this checkpoint cannot be exported bit-exactly at these "
                              f"weight bits (try fewer --weight-bits)")
@@ -162,6 +162,7 @@ def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
         raise OtterliteError("seaotter-inverse: the per-channel stages are not finite on uint8 input")
     t_peak = np.abs(table).max(axis=1)
     w_abs = np.abs(w).sum(axis=(2, 3))
+    taps = w.shape[2] * w.shape[3]
     best = None
     for shift in range(4, 24):
         for e in range(-8, 16):
@@ -171,7 +172,6 @@ def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
             bound = (np.abs(w_int).sum(axis=(2, 3)) @ np.abs(t_int).max(axis=1) + np.abs(bias)).max()
             if bound >= FLOAT_EXACT_LIMIT:
                 continue
-            taps = w.shape[2] * w.shape[3]
             err = (0.5 * 2.0 ** -e * w_abs.sum(1) + 0.5 * 2.0 ** (e - shift) * taps * t_peak.sum()
                    + 0.5 * 2.0 ** -shift).max()
             if best is None or err < best[0]:

@@ -35,6 +35,12 @@ FLOAT_EXACT_LIMIT = 2 ** 24  # every partial sum below this is exact in float32
 INT32_LIMIT = 2 ** 31
 
 
+def accumulator_range(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel (min, max) of sum W * x over all uint8 inputs x."""
+    w = weights.reshape(weights.shape[0], -1).astype(np.int64)
+    return 255 * np.minimum(w, 0).sum(1), 255 * np.maximum(w, 0).sum(1)
+
+
 @dataclass
 class ConvStage:
     weights: np.ndarray  # (C, Cin, k, k) int32 holding the integer weights
@@ -49,9 +55,7 @@ class ConvStage:
         return int(np.abs(self.weights).max()).bit_length() + 1
 
     def accumulator_range(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel (min, max) of a over all uint8 inputs."""
-        w = self.weights.reshape(self.weights.shape[0], -1).astype(np.int64)
-        return 255 * np.minimum(w, 0).sum(1), 255 * np.maximum(w, 0).sum(1)
+        return accumulator_range(self.weights)
 
 
 @dataclass
