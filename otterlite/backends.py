@@ -1,22 +1,54 @@
 """The one registry of backends. Each backend loads one exported artifact and runs it on
-uint8 input batches of shape (1, 3, H, W); verify, tests and the CLI iterate this table."""
+uint8 input batches of shape (1, 3, H, W), returning NCHW outputs (NHWC artifacts are
+transposed at the boundary); verify, tests and the CLI iterate this table."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
+
+from otterlite.errors import OtterliteError
+
+
+def module(name: str, install: str) -> Callable[[], str | None]:
+    """A requirement: the python module `name`, installed by `install`."""
+    return lambda: None if importlib.util.find_spec(name) else f"{name} not installed ({install})"
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    artifact: str  # file suffix it runs: "spec" or "onnx"
-    needs: str  # python module that must be importable
+    artifact: str  # file suffix it runs: "spec", "onnx" or "tflite"
+    requires: Callable[[], str | None]  # None when usable, else why not
     load: Callable  # (artifact path, spec) -> run(x uint8 ndarray) -> list of ndarrays
 
     def missing(self) -> str | None:
-        return None if importlib.util.find_spec(self.needs) else f"{self.needs} not installed"
+        return self.requires()
+
+
+def check_input(x: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse an input the artifact was not exported for, naming the fix."""
+    if x.dtype != np.uint8 or tuple(x.shape) != tuple(shape):
+        raise OtterliteError(f"{path.name}: input {x.dtype} {tuple(x.shape)} but the model takes uint8 {tuple(shape)} "
+                             f"(NCHW); resize the image or re-export with --input-size {shape[2]}x{shape[3]} "
+                             f"set to your size")
+
+
+def nhwc_runner(invoke: Callable, input_shape_nhwc, path: Path) -> Callable:
+    """run(x NCHW) around invoke(x NHWC) -> NHWC outputs."""
+    n, h, w, c = (int(v) for v in input_shape_nhwc)
+
+    def run(x):
+        check_input(x, (n, c, h, w), path)
+        outs = invoke(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        return [np.ascontiguousarray(o.transpose(0, 3, 1, 2)) for o in outs]
+    return run
 
 
 def load_torch_reference(path: Path, spec):
@@ -47,11 +79,95 @@ def onnxruntime_loader(level: str, threads: int):
     return load
 
 
-ORT_LEVELS = {"O0": "ORT_DISABLE_ALL", "O1": "ORT_ENABLE_BASIC", "O2": "ORT_ENABLE_EXTENDED", "O3": "ORT_ENABLE_ALL"}
+def litert_loader(resolver: str):
+    """LiteRT with AUTO (default resolver, XNNPACK delegate), BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    or BUILTIN_REF (reference kernels); one thread."""
+    def load(path: Path, spec):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-BACKENDS: dict[str, Backend] = {"torch-int": Backend("torch-int", "spec", "torch", load_torch_reference)}
+        interpreter = Interpreter(model_content=path.read_bytes(), num_threads=1,
+                                  experimental_op_resolver_type=getattr(OpResolverType, resolver))
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+        outputs = interpreter.get_output_details()
+
+        def invoke(x):
+            interpreter.set_tensor(source["index"], x)
+            interpreter.invoke()
+            return [interpreter.get_tensor(o["index"]) for o in outputs]
+        return nhwc_runner(invoke, source["shape"], path)
+    return load
+
+
+def load_tflite_runtime(path: Path, spec):
+    from otterlite import tflite_runtime_env
+
+    worker = tflite_runtime_env.Worker(path)
+    return nhwc_runner(worker.run, worker.input_shape, path)
+
+
+def load_tflm(path: Path, spec):
+    """TFLite Micro; the runner's `detail` reports the arena bytes the model used."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    from otterlite.export.tflite_info import read_tflite
+
+    data = path.read_bytes()
+    model = read_tflite(data, path.name)
+    arena = model.activation_bytes + 2 ** 20  # an upper bound; the used figure is read back below
+    interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena)
+    used = {}
+
+    def invoke(x):
+        interpreter.set_input(x, 0)
+        interpreter.invoke()
+        if not used:
+            used["arena"] = tflm_arena_bytes(interpreter)
+        return [interpreter.get_output(i) for i in range(len(model.outputs))]
+    run = nhwc_runner(invoke, model.inputs[0].shape, path)
+    run.detail = lambda: f"arena {used['arena']} B" if used else None
+    run.arena_bytes = lambda: used.get("arena")
+    return run
+
+
+def tflm_arena_bytes(interpreter) -> int:
+    """TFLM prints its allocations only to the C++ stderr: capture fd 2 around the call."""
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            interpreter.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    found = re.search(r"Arena allocation total (\d+) bytes", text)
+    if not found:
+        raise OtterliteError(f"tflite-micro did not report its arena (got {text[:200]!r})")
+    return int(found.group(1))
+
+
+def tflite_runtime_ready() -> str | None:
+    from otterlite import tflite_runtime_env
+
+    return tflite_runtime_env.missing()
+
+
+ORT_LEVELS = {"O0": "ORT_DISABLE_ALL", "O1": "ORT_ENABLE_BASIC", "O2": "ORT_ENABLE_EXTENDED", "O3": "ORT_ENABLE_ALL"}
+LITERT_RESOLVERS = {"litert": "AUTO", "litert-builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+                    "litert-reference": "BUILTIN_REF"}
+
+BACKENDS: dict[str, Backend] = {
+    "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference)}
 for _short, _level in ORT_LEVELS.items():
     for _threads in (1, 2):
         _name = f"ort-{_short}-t{_threads}"
-        BACKENDS[_name] = Backend(_name, "onnx", "onnxruntime", onnxruntime_loader(_level, _threads))
+        BACKENDS[_name] = Backend(_name, "onnx", module("onnxruntime", "pip install 'otterlite[onnx]'"),
+                                  onnxruntime_loader(_level, _threads))
+for _name, _resolver in LITERT_RESOLVERS.items():
+    BACKENDS[_name] = Backend(_name, "tflite", module("ai_edge_litert", "pip install 'otterlite[litert]'"),
+                              litert_loader(_resolver))
+BACKENDS["tflite-runtime"] = Backend("tflite-runtime", "tflite", tflite_runtime_ready, load_tflite_runtime)
+BACKENDS["tflm"] = Backend("tflm", "tflite", module("tflite_micro", "pip install 'otterlite[tflm]'"), load_tflm)
 

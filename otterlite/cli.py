@@ -13,8 +13,10 @@ EPILOG = """examples:
   otterlite transcode photo.otl -o photo.jpg --k 1
   otterlite decode photo.jpg -o photo.png
   otterlite info photo.otl
-  otterlite export all --format onnx -o models/
+  otterlite export all --format onnx,tflite -o models/
   otterlite verify models/ --json parity.json
+  otterlite info models/frappe-encoder.tflite
+  otterlite setup tflite-runtime
 checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
 
@@ -64,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(p, frappe=False, seaotter=True)
 
     p = sub.add_parser("export", help="freeze a model into its integer spec and write deployable files",
-                       epilog="example: otterlite export frappe-encoder --format onnx -o out/ --input-size 512x512")
+                       epilog="example: otterlite export frappe-encoder --format onnx,tflite -o out/ "
+                              "--input-size 512x512")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="frappe-encoder, seaotter-inverse, seaotter-forward (or 'all')")
-    p.add_argument("--format", default="onnx", help="comma-separated formats (default: onnx)")
+    p.add_argument("--format", default="onnx", help="comma-separated: onnx, tflite (default: onnx)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels (default: n_trained)")
     p.add_argument("--input-size", default="512x512", help="HxW of the exported graphs (default 512x512)")
@@ -83,9 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", nargs="+", default=None, help="subset of backends (default: all)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
 
-    p = sub.add_parser("info", help="describe a .otl container or SEA OTTER JPEG",
-                       epilog="example: otterlite info photo.otl")
+    p = sub.add_parser("info", help="describe a .otl container, SEA OTTER JPEG or exported .tflite",
+                       epilog="example: otterlite info out/frappe-encoder.tflite")
     p.add_argument("file")
+
+    p = sub.add_parser("setup", help="create an isolated environment for a backend that needs one",
+                       epilog="example: otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; "
+                              "location: $OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)")
+    p.add_argument("what", choices=["tflite-runtime"])
     return parser
 
 
@@ -124,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
         from otterlite.info import describe
 
         print("\n".join(describe(args.file)))
+    elif args.command == "setup":
+        from otterlite import tflite_runtime_env
+
+        tflite_runtime_env.setup()
     return 0
 
 

@@ -62,11 +62,11 @@ def run_demo(image: str | None = None, out_dir: str = "otterlite-demo", n_ch: in
     final_psnr = psnr(rgb, load_rgb(png.path))
     say(f"[3/3] consumer decode {png.path.name:<18} {png.size:>8} bytes (PNG)            "
         f"PSNR vs original {final_psnr:.2f} dB")
-    from otterlite.export import MODELS, export
+    from otterlite.export import FORMATS, MODELS, export
     from otterlite.verify import format_report, verify
 
-    say("[export] all three models -> int8 ONNX + integer specs")
-    export(list(MODELS), ["onnx"], out / "models", n_ch=n_ch, say=lambda line: say("      " + line))
+    say("[export] all three models -> int8 ONNX + TFLite + integer specs")
+    export(list(MODELS), list(FORMATS), out / "models", n_ch=n_ch, say=lambda line: say("      " + line))
     say("[verify] every artifact on every backend vs the PyTorch integer reference")
     report = verify(out / "models", say=lambda line: say("      " + line))
     for line in format_report(report):

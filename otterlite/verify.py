@@ -13,7 +13,7 @@ import numpy as np
 
 from otterlite.backends import BACKENDS
 from otterlite.errors import OtterliteError
-from otterlite.export import read_manifest
+from otterlite.export import input_size, read_manifest
 from otterlite.images import load_rgb, psnr, sample_photo
 from otterlite.spec import load_spec
 from otterlite.spec.types import TableMixSpec
@@ -30,6 +30,7 @@ class Result:
     max_lsb: int = 0
     first_difference: str | None = None
     status: str = "exact"  # exact | mismatch | not installed: ... | error: ...
+    detail: str | None = None  # e.g. the TFLM arena bytes
 
 
 @dataclass
@@ -147,6 +148,7 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
     photos = [(Path(p).name, load_rgb(p)) for p in images] if images else [
         (n, load_rgb(sample_photo(n))) for n in DEFAULT_PHOTOS]
     report = Report()
+    references, spec_done = {}, set()
     for entry in manifest["artifacts"]:
         artifact = folder / entry["file"]
         if not artifact.is_file():
@@ -155,17 +157,20 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             raise OtterliteError(f"{artifact}: sha256 differs from manifest.json: the file is corrupted "
                                  f"or was changed; re-run 'otterlite export'")
         spec = load_spec((folder / entry["spec_file"]).read_bytes(), entry["spec_file"])
-        _, _, height, width = entry["inputs"][0]["shape"]
-        inputs = [(n, fit(rgb, height, width)) for n, rgb in photos] + adversarial(spec, height, width)
-        say(f"{entry['model']}: {len(inputs)} inputs ({len(photos)} photos + adversarial set)")
-        reference = BACKENDS["torch-int"].load(artifact, spec)
-        ref_outputs = [reference(x) for _, x in inputs]
+        height, width = input_size(entry)
+        key = (entry["spec_file"], height, width)
+        if key not in references:  # one reference run per spec and size, shared by its formats
+            inputs = [(n, fit(rgb, height, width)) for n, rgb in photos] + adversarial(spec, height, width)
+            reference = BACKENDS["torch-int"].load(artifact, spec)
+            references[key] = inputs, [reference(x) for _, x in inputs]
+        inputs, ref_outputs = references[key]
+        say(f"{entry['model']} ({entry['format']}): {len(inputs)} inputs ({len(photos)} photos + adversarial set)")
         out_names = [o["name"] for o in entry["outputs"]]
         for b in names:
             backend = BACKENDS[b]
             result = Result(entry["model"], b)
             report.results.append(result)
-            if backend.artifact not in ("spec", entry["format"]):
+            if backend.artifact not in ("spec", entry["format"]) or (backend.artifact == "spec" and key in spec_done):
                 result.status = f"not applicable to {entry['format']}"
                 continue
             reason = backend.missing()
@@ -181,8 +186,10 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
                 if first and result.first_difference is None:
                     result.first_difference = f"{first} on {label}"
             result.status = "exact" if result.mismatches == 0 else "mismatch"
-            say(f"  {b}: {result.status}")
-        if with_fidelity:
+            result.detail = run.detail() if hasattr(run, "detail") else None
+            say(f"  {b}: {result.status}" + (f", {result.detail}" if result.detail else ""))
+        spec_done.add(key)
+        if with_fidelity and entry["model"] not in report.fidelity:
             report.fidelity[entry["model"]] = fidelity(entry, spec, photos, height, width)
     report.results = [r for r in report.results if not r.status.startswith("not applicable")]
     return report
@@ -237,20 +244,20 @@ def format_report(report: Report) -> list[str]:
     backends = list(dict.fromkeys(r.backend for r in report.results))
     cell = {(r.model, r.backend): r for r in report.results}
     width = max(len(m) for m in models) + 2
-    lines = ["backend".ljust(14) + "".join(m.ljust(max(width, 28)) for m in models)]
+    lines = ["backend".ljust(18) + "".join(m.ljust(max(width, 40)) for m in models)]
     for b in backends:
-        row = b.ljust(14)
+        row = b.ljust(18)
         for m in models:
             r = cell.get((m, b))
             if r is None:
                 text = "-"
             elif r.status == "exact":
-                text = f"exact ({r.images} inputs)"
+                text = f"exact ({r.images} inputs)" + (f", {r.detail}" if r.detail else "")
             elif r.status == "mismatch":
                 text = f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}"
             else:
                 text = r.status
-            row += text.ljust(max(width, 28))
+            row += text.ljust(max(width, 40))
         lines.append(row)
     for model, fid in report.fidelity.items():
         if fid.get("available"):

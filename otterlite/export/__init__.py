@@ -1,7 +1,8 @@
 """`otterlite export`: checkpoint -> integer spec -> deployable files + manifest.json.
 
 DIR/<model>.spec   the frozen integer spec (blob layout in otterlite/spec/types.py)
-DIR/<model>.onnx   the ONNX graph
+DIR/<model>.onnx   the ONNX graph (NCHW)
+DIR/<model>.tflite the TFLite flatbuffer (NHWC)
 DIR/manifest.json  one entry per artifact (see `artifact_entry`)
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from otterlite.errors import OtterliteError
 from otterlite.spec.types import TableMixSpec, save_spec
 
 MODELS = ("frappe-encoder", "seaotter-inverse", "seaotter-forward")
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "tflite")
+LAYOUTS = {"onnx": "NCHW", "tflite": "NHWC"}
 ROUNDING = {
     "frappe-encoder": "latent = -127 + #{j : acc >= T[c, j]}; T from the float model's round-half-even",
     "seaotter-forward": "codec = #{j : acc >= T[c, j]}; T from the float model's round-half-even",
@@ -68,19 +70,37 @@ def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | N
     return f.freeze_seaotter_inverse(bundle, ckpt.sha256), ckpt
 
 
-def build_onnx(spec, height: int, width: int) -> bytes:
-    from otterlite.export import onnx_writer
+def build(spec, fmt: str, height: int, width: int) -> bytes:
+    """The artifact bytes of one format; every writer reads the same integer spec."""
+    if fmt == "onnx":
+        from otterlite.export import onnx_writer
+
+        if isinstance(spec, TableMixSpec):
+            return onnx_writer.table_mix_model(spec, height, width, "rgb").SerializeToString()
+        return onnx_writer.threshold_conv_model(spec, height, width, output_names(spec)).SerializeToString()
+    from otterlite.export import tflite_writer
 
     if isinstance(spec, TableMixSpec):
-        return onnx_writer.table_mix_model(spec, height, width, "rgb").SerializeToString()
-    return onnx_writer.threshold_conv_model(spec, height, width, output_names(spec)).SerializeToString()
+        return tflite_writer.table_mix_model(spec, height, width, "rgb")
+    return tflite_writer.threshold_conv_model(spec, height, width, output_names(spec))
+
+
+def to_layout(shape: list[int], layout: str) -> list[int]:
+    """An NCHW shape in the artifact's layout."""
+    return shape if layout == "NCHW" else [shape[0], shape[2], shape[3], shape[1]]
+
+
+def input_size(entry: dict) -> tuple[int, int]:
+    """(height, width) of a manifest entry's input."""
+    shape = entry["inputs"][0]["shape"]
+    return (shape[2], shape[3]) if entry.get("layout", "NCHW") == "NCHW" else (shape[1], shape[2])
 
 
 def tool_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("otterlite", "numpy", "torch", "onnx", "onnxruntime"):
+    for pkg in ("otterlite", "numpy", "torch", "onnx", "onnxruntime", "tflite", "flatbuffers"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -94,20 +114,25 @@ def artifact_entry(spec, fmt: str, file: str, data: bytes, height: int, width: i
     from otterlite.spec.torch_reference import run_spec
 
     x = fixed_input(height, width)
-    outs = run_spec(spec, torch.from_numpy(x))
+    outs = [o.numpy() for o in run_spec(spec, torch.from_numpy(x))]
+    layout = LAYOUTS[fmt]
+    if layout == "NHWC":
+        outs = [np.ascontiguousarray(o.transpose(0, 2, 3, 1)) for o in outs]
     return {
         "model": spec.kind, "format": fmt, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
         "spec_file": f"{spec.kind}.spec",
         "checkpoint": {"source": ckpt.source, "sha256": ckpt.sha256},
-        "inputs": [{"name": input_name(spec), "dtype": "uint8", "shape": [1, 3, height, width]}],
-        "outputs": [{"name": n, "dtype": str(o.numpy().dtype), "shape": list(o.shape)}
+        "layout": layout,
+        "inputs": [{"name": input_name(spec), "dtype": "uint8", "shape": to_layout([1, 3, height, width], layout)}],
+        "outputs": [{"name": n, "dtype": str(o.dtype), "shape": list(o.shape)}
                     for n, o in zip(output_names(spec), outs)],
         "spec": {**spec.info, "accumulator_bound": spec.accumulator_bound},
         "rounding": ROUNDING[spec.kind],
         "opset": 17 if fmt == "onnx" else None,
+        "tflite_schema_version": 3 if fmt == "tflite" else None,
         "tools": tool_versions(),
-        "fixed_input": "numpy PCG64 seed 0, integers(0, 256) of the input shape",
-        "fixed_input_output_crc32": {n: zlib.crc32(o.numpy().tobytes()) for n, o in zip(output_names(spec), outs)},
+        "fixed_input": "numpy PCG64 seed 0, integers(0, 256) of the NCHW input shape (transposed for NHWC)",
+        "fixed_input_output_crc32": {n: zlib.crc32(o.tobytes()) for n, o in zip(output_names(spec), outs)},
         **extra,
     }
 
@@ -140,7 +165,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
             "seaotter-forward": {"k": k, "weight_bits": spec.info.get("weight_bits")},
         }.get(name, {})
         for fmt in formats:
-            data = build_onnx(spec, height, width)
+            data = build(spec, fmt, height, width)
             files[f"{name}.{fmt}"] = data
             entries.append(artifact_entry(spec, fmt, f"{name}.{fmt}", data, height, width, ckpt, extra))
         say(f"exported {name}: {', '.join(f'{name}.{f}' for f in formats)} ({height}x{width}, "

@@ -1,0 +1,303 @@
+"""Integer spec -> TFLite flatbuffer, authored with the `tflite` schema package (no TensorFlow).
+
+Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms are used
+(see shared EXACTNESS facts), and every op used exists in LiteRT, tflite-runtime and TFLM:
+- accumulators: uint8 -> DEQUANTIZE (scale 1) -> float32 CONV_2D per base-16 digit plane of
+  the weights, W = sum_i 16^i D_i, with each plane's partial sums below 2^24 (so exact in
+  any summation order, XNNPACK included) -> CAST int32 (exact integers) -> MUL 16^i, ADD.
+- thresholds: an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
+  columns with INT32_MAX and stored as two float32 tables hi = T >> 16, lo = T & 0xFFFF
+  (both exact in float32); each step GATHERs hi and lo at c*256 + pos + step - 1, rebuilds
+  T = int32(hi) * 65536 + int32(lo) and adds step where a >= T. Working memory per step is
+  a few (h, w, C) tensors, never a (patches, C, 254) comparison.
+- tables: GATHER on a float32 [3*256] table at c*256 + z; the channel mix is a float32
+  CONV_2D whose partial sums stay below 2^24; MAXIMUM/MINIMUM clamp to [0, 256*2^shift - 1]
+  and an int32 DIV by 2^shift (truncation equals floor on non-negative values).
+"""
+from __future__ import annotations
+
+import importlib
+
+import flatbuffers
+import numpy as np
+import tflite
+from tflite.BuiltinOperator import BuiltinOperator as Op
+
+from otterlite.spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec
+
+INT32_MAX = 2 ** 31 - 1
+TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
+         np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
+         np.dtype(np.bool_): tflite.TensorType.BOOL}
+OPTIONS = {  # builtin op -> its options table (fields passed to TfliteGraph.op)
+    Op.CONV_2D: "Conv2D", Op.ADD: "Add", Op.MUL: "Mul", Op.DIV: "Div", Op.GATHER: "Gather",
+    Op.CAST: "Cast", Op.GREATER_EQUAL: "GreaterEqual", Op.PAD: "Pad", Op.MAXIMUM: "MaximumMinimum",
+    Op.MINIMUM: "MaximumMinimum", Op.DEQUANTIZE: "Dequantize", Op.QUANTIZE: "Quantize",
+}
+
+
+def _schema(table: str):
+    """The generated flatbuffer module of one schema table (Start/Add.../End builders)."""
+    return importlib.import_module(f"tflite.{table}")
+
+
+fb_opcode = _schema("OperatorCode")
+fb_subgraph = _schema("SubGraph")
+fb_model = _schema("Model")
+fb_buffer = _schema("Buffer")
+fb_quant = _schema("QuantizationParameters")
+fb_tensor = _schema("Tensor")
+fb_operator = _schema("Operator")
+
+
+class TfliteGraph:
+    """Tensors and operators of one subgraph, in execution order; `serialize` writes the file."""
+
+    def __init__(self):
+        self.tensors = []  # (name, dtype, shape, constant data or None, zero point or None)
+        self.ops = []  # (builtin code, input ids, output ids, option fields)
+
+    def tensor(self, name: str, dtype, shape, data: np.ndarray | None = None, zero_point: int | None = None) -> int:
+        """zero_point set: quantized with scale 1, so (DE)QUANTIZE is an exact shift by it."""
+        self.tensors.append((name, np.dtype(dtype), [int(s) for s in shape], data, zero_point))
+        return len(self.tensors) - 1
+
+    def const(self, name: str, array) -> int:
+        array = np.ascontiguousarray(array)
+        return self.tensor(name, array.dtype, array.shape, array)
+
+    def op(self, code: int, inputs: list[int], dtype, shape, name: str, zero_point: int | None = None,
+           **fields) -> int:
+        out = self.tensor(name, dtype, shape, zero_point=zero_point)
+        self.ops.append((code, inputs, [out], fields))
+        return out
+
+    def shape(self, t: int) -> list[int]:
+        return self.tensors[t][2]
+
+    def serialize(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        b = flatbuffers.Builder(1024)
+        buffers, tensor_buffer = [_buffer(b, None)], []  # buffer 0 stays empty
+        for _, _, _, data, _ in self.tensors:
+            if data is None:
+                tensor_buffer.append(0)
+            else:
+                buffers.append(_buffer(b, data.tobytes()))
+                tensor_buffer.append(len(buffers) - 1)
+        tensors = [_tensor(b, t, buf) for t, buf in zip(self.tensors, tensor_buffer)]
+        codes = list(dict.fromkeys(code for code, *_ in self.ops))
+        operators = [_operator(b, codes.index(code), ins, outs, code, fields) for code, ins, outs, fields in self.ops]
+        opcodes = []
+        for code in codes:
+            fb_opcode.Start(b)
+            fb_opcode.AddDeprecatedBuiltinCode(b, min(code, 127))
+            fb_opcode.AddBuiltinCode(b, code)
+            fb_opcode.AddVersion(b, 1)
+            opcodes.append(fb_opcode.End(b))
+        name = b.CreateString(description)
+        t_vec, i_vec, o_vec, op_vec = (_offsets(b, tensors), _ints(b, inputs), _ints(b, outputs),
+                                       _offsets(b, operators))
+        fb_subgraph.Start(b)
+        fb_subgraph.AddTensors(b, t_vec)
+        fb_subgraph.AddInputs(b, i_vec)
+        fb_subgraph.AddOutputs(b, o_vec)
+        fb_subgraph.AddOperators(b, op_vec)
+        fb_subgraph.AddName(b, name)
+        subgraph = fb_subgraph.End(b)
+        codes_vec, sub_vec, buf_vec = _offsets(b, opcodes), _offsets(b, [subgraph]), _offsets(b, buffers)
+        desc = b.CreateString("otterlite " + description)
+        fb_model.Start(b)
+        fb_model.AddVersion(b, 3)
+        fb_model.AddOperatorCodes(b, codes_vec)
+        fb_model.AddSubgraphs(b, sub_vec)
+        fb_model.AddDescription(b, desc)
+        fb_model.AddBuffers(b, buf_vec)
+        b.Finish(fb_model.End(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
+
+
+def _offsets(b, items: list[int]) -> int:
+    b.StartVector(4, len(items), 4)
+    for item in reversed(items):
+        b.PrependUOffsetTRelative(item)
+    return b.EndVector()
+
+
+def _ints(b, values: list[int]) -> int:
+    return b.CreateNumpyVector(np.asarray(values, np.int32))
+
+
+def _buffer(b, data: bytes | None) -> int:
+    if data:
+        b.StartVector(1, len(data), 16)  # constants 16-byte aligned for every kernel
+        b.head -= len(data)
+        b.Bytes[b.head:b.head + len(data)] = data
+        vec = b.EndVector()
+    fb_buffer.Start(b)
+    if data:
+        fb_buffer.AddData(b, vec)
+    return fb_buffer.End(b)
+
+
+def _tensor(b, tensor, buffer: int) -> int:
+    name, dtype, shape, _, zero_point = tensor
+    name_off, shape_off = b.CreateString(name), _ints(b, shape)
+    quant = None
+    if zero_point is not None:
+        scale = b.CreateNumpyVector(np.ones(1, np.float32))
+        zero = b.CreateNumpyVector(np.array([zero_point], np.int64))
+        fb_quant.Start(b)
+        fb_quant.AddScale(b, scale)
+        fb_quant.AddZeroPoint(b, zero)
+        quant = fb_quant.End(b)
+    fb_tensor.Start(b)
+    fb_tensor.AddShape(b, shape_off)
+    fb_tensor.AddType(b, TYPES[dtype])
+    fb_tensor.AddBuffer(b, buffer)
+    fb_tensor.AddName(b, name_off)
+    if quant is not None:
+        fb_tensor.AddQuantization(b, quant)
+    return fb_tensor.End(b)
+
+
+def _operator(b, opcode_index: int, inputs: list[int], outputs: list[int], code: int, fields: dict) -> int:
+    table = OPTIONS[code]
+    module = _schema(f"{table}Options")
+    module.Start(b)
+    for field, value in fields.items():
+        getattr(module, f"Add{field}")(b, value)
+    options = module.End(b)
+    in_vec, out_vec = _ints(b, inputs), _ints(b, outputs)
+    fb_operator.Start(b)
+    fb_operator.AddOpcodeIndex(b, opcode_index)
+    fb_operator.AddInputs(b, in_vec)
+    fb_operator.AddOutputs(b, out_vec)
+    fb_operator.AddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, f"{table}Options"))
+    fb_operator.AddBuiltinOptions(b, options)
+    return fb_operator.End(b)
+
+
+def digit_planes(weights: np.ndarray) -> list[np.ndarray]:
+    """W = sum_i 16^i D_i with the fewest planes whose float32 conv of uint8 input is exact:
+    lower planes in [-8, 7], the top plane whatever remains, each 255 * sum|D_i| < 2^24."""
+    def bound(w):
+        return 255 * int(np.abs(w).reshape(w.shape[0], -1).sum(1).max())
+    planes, rest = [], weights.astype(np.int64)
+    while bound(rest) >= FLOAT_EXACT_LIMIT:
+        low = (rest + 8) % 16 - 8
+        planes.append(low)
+        rest = (rest - low) // 16
+    planes.append(rest)
+    for i, plane in enumerate(planes):
+        assert bound(plane) * 16 ** i < INT32_LIMIT, "a digit plane's scaled sum must fit int32"
+    return planes
+
+
+def conv_float(g: TfliteGraph, x: int, weights: np.ndarray, bias: np.ndarray, stride: int, pad: int, tag: str) -> int:
+    """float32 CONV_2D of x (NHWC) with OIHW integer weights; zero padding by an explicit PAD."""
+    if pad:
+        n, h, w, c = g.shape(x)
+        paddings = g.const(f"{tag}_paddings", np.array([[0, 0], [pad, pad], [pad, pad], [0, 0]], np.int32))
+        x = g.op(Op.PAD, [x, paddings], np.float32, [n, h + 2 * pad, w + 2 * pad, c], f"{tag}_padded")
+    n, h, w, _ = g.shape(x)
+    k = weights.shape[-1]
+    shape = [n, (h - k) // stride + 1, (w - k) // stride + 1, weights.shape[0]]
+    filt = g.const(f"{tag}_filter", weights.transpose(0, 2, 3, 1).astype(np.float32))  # OHWI
+    return g.op(Op.CONV_2D, [x, filt, g.const(f"{tag}_bias", bias.astype(np.float32))], np.float32, shape,
+                f"{tag}_conv", Padding=tflite.Padding.VALID, StrideW=stride, StrideH=stride,
+                DilationWFactor=1, DilationHFactor=1)
+
+
+def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str) -> int:
+    """Exact int32 accumulator sum W * x of float32 x holding uint8 values."""
+    acc = None
+    for i, plane in enumerate(digit_planes(weights)):
+        part = conv_float(g, x, plane, np.zeros(plane.shape[0]), stride, pad, f"{tag}_plane{i}")
+        shape = g.shape(part)
+        part = g.op(Op.CAST, [part], np.int32, shape, f"{tag}_plane{i}_int")
+        if i:
+            part = g.op(Op.MUL, [part, g.const(f"{tag}_scale{i}", np.array([16 ** i], np.int32))], np.int32,
+                        shape, f"{tag}_plane{i}_scaled")
+            part = g.op(Op.ADD, [acc, part], np.int32, shape, f"{tag}_sum{i}")
+        acc = part
+    return acc
+
+
+def count_thresholds(g: TfliteGraph, acc: int, thresholds: np.ndarray, tag: str) -> int:
+    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search."""
+    shape = g.shape(acc)
+    c = thresholds.shape[0]
+    padded = np.full((c, 256), INT32_MAX, np.int64)
+    padded[:, : thresholds.shape[1]] = thresholds
+    hi = g.const(f"{tag}_thresholds_hi", (padded >> 16).astype(np.float32).ravel())
+    lo = g.const(f"{tag}_thresholds_lo", (padded & 0xFFFF).astype(np.float32).ravel())
+    first = g.const(f"{tag}_threshold_127", padded[:, 127].astype(np.int32))
+    ge = g.op(Op.GREATER_EQUAL, [acc, first], np.bool_, shape, f"{tag}_ge128")
+    pos = g.op(Op.CAST, [ge], np.int32, shape, f"{tag}_hit128")
+    pos = g.op(Op.MUL, [pos, g.const(f"{tag}_step128", np.array([128], np.int32))], np.int32, shape, f"{tag}_pos128")
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        offset = g.const(f"{tag}_offset{step}", (np.arange(c) * 256 + step - 1).astype(np.int32))
+        index = g.op(Op.ADD, [pos, offset], np.int32, shape, f"{tag}_index{step}")
+        parts = []
+        for half, table in (("hi", hi), ("lo", lo)):
+            value = g.op(Op.GATHER, [table, index], np.float32, shape, f"{tag}_{half}{step}", Axis=0, BatchDims=0)
+            parts.append(g.op(Op.CAST, [value], np.int32, shape, f"{tag}_{half}{step}_int"))
+        upper = g.op(Op.MUL, [parts[0], g.const(f"{tag}_65536_{step}", np.array([65536], np.int32))], np.int32,
+                     shape, f"{tag}_upper{step}")
+        threshold = g.op(Op.ADD, [upper, parts[1]], np.int32, shape, f"{tag}_threshold{step}")
+        ge = g.op(Op.GREATER_EQUAL, [acc, threshold], np.bool_, shape, f"{tag}_ge{step}")
+        hit = g.op(Op.CAST, [ge], np.int32, shape, f"{tag}_hit{step}")
+        if step > 1:
+            hit = g.op(Op.MUL, [hit, g.const(f"{tag}_step{step}", np.array([step], np.int32))], np.int32, shape,
+                       f"{tag}_add{step}")
+        pos = g.op(Op.ADD, [pos, hit], np.int32, shape, f"{tag}_pos{step}")
+    return pos
+
+
+def narrow(g: TfliteGraph, value: int, offset: int, dtype, name: str) -> int:
+    """int32 (value + offset) -> int8 or uint8 output. TFLM cannot CAST to uint8, so uint8 is
+    CAST to int8 of (value + offset - 128), then QUANTIZE with zero point 128 (exact shift)."""
+    shape = g.shape(value)
+    shift = -128 if dtype == np.uint8 else 0
+    if offset + shift:
+        value = g.op(Op.ADD, [value, g.const(f"{name}_offset", np.array([offset + shift], np.int32))], np.int32,
+                     shape, f"{name}_int32")
+    if dtype == np.int8:
+        return g.op(Op.CAST, [value], np.int8, shape, name)
+    value = g.op(Op.CAST, [value], np.int8, shape, f"{name}_int8", zero_point=0)
+    return g.op(Op.QUANTIZE, [value], np.uint8, shape, name, zero_point=128)
+
+
+def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, output_names: list[str]) -> bytes:
+    g = TfliteGraph()
+    image = g.tensor("image", np.uint8, [1, height, width, 3], zero_point=0)
+    x = g.op(Op.DEQUANTIZE, [image], np.float32, [1, height, width, 3], "image_f32")
+    out_dtype = np.int8 if spec.out_dtype == "int8" else np.uint8
+    outputs = []
+    for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
+        tag = f"s{i}"
+        acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag)
+        count = count_thresholds(g, acc, stage.thresholds, tag)
+        outputs.append(narrow(g, count, spec.base, out_dtype, name))
+    return g.serialize([image], outputs, spec.kind)
+
+
+def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: str) -> bytes:
+    g = TfliteGraph()
+    shape = [1, height, width, 3]
+    codec = g.tensor("codec", np.uint8, shape, zero_point=0)
+    z = g.op(Op.DEQUANTIZE, [codec], np.float32, shape, "codec_f32")
+    z = g.op(Op.CAST, [z], np.int32, shape, "codec_int")
+    index = g.op(Op.ADD, [z, g.const("table_offsets", np.array([0, 256, 512], np.int32))], np.int32, shape,
+                 "table_index")
+    t = g.op(Op.GATHER, [g.const("tables_f32", spec.tables.astype(np.float32).ravel()), index], np.float32, shape,
+             "table_values", Axis=0, BatchDims=0)
+    acc = conv_float(g, t, spec.weights, spec.bias, 1, spec.pad, "mix")
+    acc = g.op(Op.CAST, [acc], np.int32, shape, "accumulator")
+    top = 256 * 2 ** spec.shift - 1
+    acc = g.op(Op.MAXIMUM, [acc, g.const("zero_i32", np.array([0], np.int32))], np.int32, shape, "clamped_low")
+    acc = g.op(Op.MINIMUM, [acc, g.const("top_i32", np.array([top], np.int32))], np.int32, shape, "clamped")
+    out = g.op(Op.DIV, [acc, g.const("divisor_i32", np.array([2 ** spec.shift], np.int32))], np.int32, shape,
+               "scaled")
+    rgb = narrow(g, out, 0, np.uint8, output_name)
+    return g.serialize([codec], [rgb], spec.kind)
