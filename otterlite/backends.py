@@ -35,9 +35,9 @@ class Backend:
 def check_input(x: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
     """Refuse an input the artifact was not exported for, naming the fix."""
     if x.dtype != np.uint8 or tuple(x.shape) != tuple(shape):
-        raise OtterliteError(f"{path.name}: input {x.dtype} {tuple(x.shape)} but the model takes uint8 {tuple(shape)} "
-                             f"(NCHW); resize the image or re-export with --input-size {shape[2]}x{shape[3]} "
-                             f"set to your size")
+        raise OtterliteError(f"{path.name}: input {x.dtype} {tuple(x.shape)} but the model takes uint8 "
+                             f"{tuple(shape)} (NCHW); convert the image to uint8 {shape[2]}x{shape[3]}, or "
+                             f"re-export with --input-size HxW for your size")
 
 
 def nhwc_runner(invoke: Callable, input_shape_nhwc, path: Path) -> Callable:

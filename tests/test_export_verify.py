@@ -1,5 +1,6 @@
 """Export and parity: every backend bit-exact with the PyTorch integer reference."""
 import json
+import os
 
 import numpy as np
 import onnx
@@ -9,7 +10,7 @@ import torch
 import published
 from otterlite.backends import BACKENDS
 from otterlite.cli import main
-from otterlite.export import MODELS, export
+from otterlite.export import FORMATS, MODELS, export
 from otterlite.export.onnx_writer import GraphBuilder, count_thresholds, finish
 from otterlite.models.checkpoint import load_frappe, load_seaotter
 from otterlite.spec import load_spec, save_spec
@@ -23,12 +24,23 @@ SIZE = "128x192"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    export(list(MODELS), ["onnx"], out, input_size=SIZE, say=lambda line: None)
+    export(list(MODELS), list(FORMATS), out, input_size=SIZE, say=lambda line: None)
     return out
+
+
+def require(backend: str) -> None:
+    """Skip a backend that is not installed here, visibly; CI sets OTTERLITE_REQUIRE_ALL_BACKENDS=1
+    so that a missing backend fails instead."""
+    reason = BACKENDS[backend].missing()
+    if reason and os.environ.get("OTTERLITE_REQUIRE_ALL_BACKENDS"):
+        pytest.fail(f"{backend}: {reason}")
+    if reason:
+        pytest.skip(f"{backend}: {reason}")
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_parity_default_models(exported, backend):
+    require(backend)
     report = verify(exported, backends=[backend], say=lambda line: None, with_fidelity=False)
     assert [r.model for r in report.results] == list(MODELS)
     for r in report.results:
@@ -47,15 +59,17 @@ def test_published_format_random_checkpoint_on_photos(tmp_path):
     frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6])
     so_dir, _ = published.write_seaotter(tmp_path / "s", "D")
     out = tmp_path / "out"
-    assert main(["export", "all", "--format", "onnx", "-o", str(out), "--checkpoint", str(frappe_dir),
+    assert main(["export", "all", "--format", "onnx,tflite", "-o", str(out), "--checkpoint", str(frappe_dir),
                  "--seaotter-checkpoint", str(so_dir), "--n-ch", "6", "--input-size", "64x96",
                  "--weight-bits", "12"]) == 0
-    assert main(["verify", str(out), "--backends", "torch-int", "ort-O3-t2", "ort-O0-t1",
-                 "--json", str(tmp_path / "v.json")]) == 0
+    backends = ["torch-int", "ort-O3-t2", "ort-O0-t1", "litert", "litert-reference", "tflm"]
+    for b in backends:
+        require(b)
+    assert main(["verify", str(out), "--backends", *backends, "--json", str(tmp_path / "v.json")]) == 0
     result = json.loads((tmp_path / "v.json").read_text())
     assert result["exact"] is True
-    assert {r["model"] for r in result["results"]} == set(MODELS)
-    assert all(r["mismatches"] == 0 and r["max_lsb"] == 0 for r in result["results"])
+    assert {(r["model"], r["backend"]) for r in result["results"]} == {(m, b) for m in MODELS for b in backends}
+    assert all(r["mismatches"] == 0 and r["max_lsb"] == 0 and r["images"] > 10 for r in result["results"])
 
 
 def test_thresholds_exhaustive_at_boundaries():
@@ -130,10 +144,15 @@ def test_manifest_crc_matches_reference(exported):
     from otterlite.export import fixed_input
 
     manifest = json.loads((exported / "manifest.json").read_text())
+    assert sorted((e["model"], e["format"]) for e in manifest["artifacts"]) == sorted(
+        (m, f) for m in MODELS for f in FORMATS)
     for entry in manifest["artifacts"]:
         spec = load_spec((exported / entry["spec_file"]).read_bytes())
-        outs = run_spec(spec, torch.from_numpy(fixed_input(128, 192)))
-        assert [zlib.crc32(o.numpy().tobytes()) for o in outs] == list(entry["fixed_input_output_crc32"].values())
+        outs = [o.numpy() for o in run_spec(spec, torch.from_numpy(fixed_input(128, 192)))]
+        if entry["layout"] == "NHWC":
+            outs = [np.ascontiguousarray(o.transpose(0, 2, 3, 1)) for o in outs]
+        assert [list(o.shape) for o in outs] == [o["shape"] for o in entry["outputs"]]
+        assert [zlib.crc32(o.tobytes()) for o in outs] == list(entry["fixed_input_output_crc32"].values())
 
 
 def test_export_bad_input(tmp_path, capsys, exported):
