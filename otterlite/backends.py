@@ -27,6 +27,7 @@ class Backend:
     artifact: str  # file suffix it runs: "spec", "onnx" or "tflite"
     requires: Callable[[], str | None]  # None when usable, else why not
     load: Callable  # (artifact path, spec) -> run(x uint8 ndarray) -> list of ndarrays
+    kinds: tuple[str, ...] = ()  # the spec kinds it runs; empty: all
 
     def missing(self) -> str | None:
         return self.requires()
@@ -58,6 +59,24 @@ def load_torch_reference(path: Path, spec):
 
     def run(x):
         return [o.numpy() for o in run_spec(spec, torch.from_numpy(x))]
+    return run
+
+
+def load_numpy_frame(path: Path, spec):
+    from otterlite.runtime import ConsumerDecoder, encode_frame
+
+    if spec.kind == "seaotter-inverse":
+        consumer = ConsumerDecoder(spec)
+        return lambda x: [np.ascontiguousarray(consumer.transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+    return lambda x: [z[None] for z in encode_frame(spec, x[0].transpose(1, 2, 0))]
+
+
+def load_numpy_streaming(path: Path, spec):
+    from otterlite.runtime import StreamingEncoder
+
+    def run(x):
+        encoder = StreamingEncoder(spec, x.shape[3], x.shape[2])
+        return [z[None] for z in encoder.encode(x[0].transpose(1, 2, 0))]
     return run
 
 
@@ -158,8 +177,12 @@ ORT_LEVELS = {"O0": "ORT_DISABLE_ALL", "O1": "ORT_ENABLE_BASIC", "O2": "ORT_ENAB
 LITERT_RESOLVERS = {"litert": "AUTO", "litert-builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
                     "litert-reference": "BUILTIN_REF"}
 
+NUMPY = module("numpy", "pip install numpy")
 BACKENDS: dict[str, Backend] = {
-    "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference)}
+    "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
+    "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame, ("frappe-encoder", "seaotter-inverse")),
+    "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
+}
 for _short, _level in ORT_LEVELS.items():
     for _threads in (1, 2):
         _name = f"ort-{_short}-t{_threads}"

@@ -173,6 +173,9 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             if backend.artifact not in ("spec", entry["format"]) or (backend.artifact == "spec" and key in spec_done):
                 result.status = f"not applicable to {entry['format']}"
                 continue
+            if backend.kinds and entry["model"] not in backend.kinds:
+                result.status = "not applicable"
+                continue
             reason = backend.missing()
             if reason:
                 result.status = f"not installed: {reason}"

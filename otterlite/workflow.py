@@ -16,7 +16,7 @@ import numpy as np
 from otterlite.container import LatentFrame, read_container, read_header, write_container
 from otterlite.errors import OtterliteError
 from otterlite.images import encode_png, load_rgb, pad_to_multiple
-from otterlite.models.jpeg import SHA_DIGITS, read_codec_jpeg, write_codec_jpeg
+from otterlite.models.jpeg import check_marker, read_codec_jpeg, write_codec_jpeg
 
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
@@ -128,13 +128,7 @@ def transcode_file(container: str | Path, out: str | Path, k: int = 0, checkpoin
 
 def decode_bytes(jpeg: bytes, seaotter, seaotter_ckpt, source: str = "JPEG", force: bool = False) -> np.ndarray:
     comps, meta = read_codec_jpeg(jpeg, source)
-    if meta["seaotter"] is None and not force:
-        raise OtterliteError(f"{source}: no otterlite marker, so it was not written by 'otterlite "
-                             f"transcode'; pass --force to apply the inverse transform anyway")
-    if meta["seaotter"] is not None and meta["seaotter"] != seaotter_ckpt.sha256[:SHA_DIGITS] and not force:
-        raise OtterliteError(f"{source} was written with SEA OTTER checkpoint {meta['seaotter'][:12]}, "
-                             f"but {seaotter_ckpt.source} is {seaotter_ckpt.sha256[:12]}; pass the "
-                             f"matching --seaotter-checkpoint (or --force)")
+    check_marker(meta, seaotter_ckpt.sha256, seaotter_ckpt.source, source, force)
     return hwc(seaotter.inv.to_rgb_uint8(nchw(comps)))
 
 

@@ -32,8 +32,8 @@ def write_codec_jpeg(codec: np.ndarray, qtables: list[list[int]], checkpoint_sha
     return buf.getvalue()
 
 
-def read_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict]:
-    """-> ((H, W, 3) uint8 raw components, {"seaotter": sha or None, "k": int or None})."""
+def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dict]:
+    """-> (decoded PIL image holding the raw YCbCr components, {"seaotter": sha or None, "k": int or None})."""
     if not data.startswith(b"\xff\xd8"):
         raise OtterliteError(f"{source}: not a JPEG file (no SOI marker); decode takes the .jpg "
                              f"written by 'otterlite transcode'")
@@ -43,13 +43,31 @@ def read_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict
         if image.mode != "YCbCr":
             raise OtterliteError(f"{source}: JPEG mode {image.mode}; expected 3 components (YCbCr)")
         image.load()
-        comps = np.asarray(image, dtype=np.uint8)
     except OtterliteError:
         raise
     except Exception as err:
         raise OtterliteError(f"{source}: unreadable JPEG ({str(err)[:100]}); the file is "
                              f"truncated or corrupted") from None
-    return comps, parse_comment(image.info.get("comment", b""))
+    return image, parse_comment(image.info.get("comment", b""))
+
+
+def read_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict]:
+    """-> ((H, W, 3) uint8 raw components, marker fields as in open_codec_jpeg)."""
+    image, meta = open_codec_jpeg(data, source)
+    return np.asarray(image, dtype=np.uint8), meta
+
+
+def check_marker(meta: dict, sha256: str, checkpoint: str, source: str, force: bool) -> None:
+    """Refuse a JPEG without our marker, or written for another SEA OTTER checkpoint, unless forced."""
+    if force:
+        return
+    if meta["seaotter"] is None:
+        raise OtterliteError(f"{source}: no otterlite marker, so it was not written by 'otterlite "
+                             f"transcode'; pass --force to apply the inverse transform anyway")
+    if meta["seaotter"] != sha256[:SHA_DIGITS]:
+        raise OtterliteError(f"{source} was written with SEA OTTER checkpoint {meta['seaotter'][:12]}, "
+                             f"but {checkpoint} is {sha256[:12]}; pass the matching checkpoint or "
+                             f"export (or --force)")
 
 
 def parse_comment(comment: bytes) -> dict:

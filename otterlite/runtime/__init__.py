@@ -1,0 +1,11 @@
+"""The runtime a device would run: numpy (and Pillow for JPEG) only, no torch, onnx or
+interpreters. It executes the integer spec blob that `otterlite export` writes.
+
+    encoder.py   sensor: StreamingEncoder (row by row) and encode_frame (whole frame)
+    consumer.py  consumer: SEA OTTER JPEG -> RGB with the exported inverse transform
+"""
+from otterlite.runtime.consumer import ConsumerDecoder, apply_inverse, load_inverse_spec
+from otterlite.runtime.encoder import StreamingEncoder, encode_frame, load_encoder_spec
+
+__all__ = ["StreamingEncoder", "encode_frame", "load_encoder_spec", "ConsumerDecoder", "apply_inverse",
+           "load_inverse_spec"]

@@ -1,0 +1,176 @@
+"""The sensor: the FRAPPE encoder's integer spec run on rows as a sensor reads them out.
+numpy only, integer arithmetic only.
+
+For a scale group with patch k (stride k, no padding) and image row r = k*i + u:
+    acc[i, j, c] += sum_{v, ch} row_r[k*j + v, ch] * W[c, ch, u, v]    (int32, exact: the
+                    freeze step proved |acc| < 2^31)
+    after row u = k - 1: latent[c, i, j] = -127 + #{t : acc[i, j, c] >= T[c, t]}, then acc = 0.
+A row of width W is a contiguous (W/k, 3k) matrix in HWC order, so each row is one small
+integer matmul per group with the (3k, C) weight slice of phase u. Between rows only the
+one accumulator row per group is kept.
+
+Sizes that are not multiples of the largest patch are padded by edge replication to the
+right (each row) and at the bottom (the last row repeated by `finish`), as `otterlite
+encode` does, so every image size the model accepts gives the reference's latents.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from otterlite.errors import OtterliteError
+from otterlite.spec.types import ThresholdConvSpec, load_spec
+
+
+def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
+    """The exported FRAPPE encoder spec: a DIR from `otterlite export`, a .spec file, or its bytes."""
+    if isinstance(source, bytes):
+        data, name = source, "spec"
+    else:
+        path = Path(source)
+        path = path / "frappe-encoder.spec" if path.is_dir() else path
+        if not path.is_file():
+            raise OtterliteError(f"{path}: no such file; run 'otterlite export frappe-encoder -o DIR' and pass DIR")
+        data, name = path.read_bytes(), str(path)
+    spec = load_spec(data, name)
+    check_encoder_spec(spec, name)
+    return spec
+
+
+def check_encoder_spec(spec, name: str = "spec") -> None:
+    if not isinstance(spec, ThresholdConvSpec) or spec.kind != "frappe-encoder":
+        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a FRAPPE "
+                             f"encoder; pass the frappe-encoder.spec written by 'otterlite export'")
+    for s in spec.stages:
+        if s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3:
+            raise OtterliteError(f"{name}: stage with stride {s.stride}, pad {s.pad}: not a patch conv")
+
+
+class PatchGroup:
+    """Constants of one scale group: per-phase weights (k, 3k, C) int32 and thresholds (C, L)."""
+
+    def __init__(self, stage):
+        self.k = stage.stride
+        self.channels = stage.weights.shape[0]
+        # W[c, ch, u, v] -> phase[u][v*3 + ch, c], matching a row's (k*j + v, ch) layout
+        self.phase = np.ascontiguousarray(stage.weights.transpose(2, 3, 1, 0).reshape(
+            self.k, 3 * self.k, self.channels).astype(np.int32))
+        self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
+
+    def count(self, acc: np.ndarray) -> np.ndarray:
+        """(..., C) accumulators -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
+        out = np.empty((self.channels,) + acc.shape[:-1], np.int8)
+        for c in range(self.channels):
+            out[c] = np.searchsorted(self.thresholds[c], acc[..., c], side="right") - 127
+        return out
+
+
+class StreamingEncoder:
+    """Push one (W, 3) uint8 row at a time; each push returns the latent rows it completed as
+    (group index, latent row index, (C, W/k) int8). `finish()` completes the frame."""
+
+    def __init__(self, spec: ThresholdConvSpec, width: int, height: int):
+        check_encoder_spec(spec)
+        self.big = spec.largest_stride
+        if width < self.big or height < self.big:
+            raise OtterliteError(f"frame {width}x{height} is smaller than one {self.big}x{self.big} patch")
+        self.width, self.height = width, height
+        self.padded_width = -(-width // self.big) * self.big
+        self.padded_height = -(-height // self.big) * self.big
+        self.groups = [PatchGroup(s) for s in spec.stages]
+        self.acc = [np.zeros((self.padded_width // g.k, g.channels), np.int32) for g in self.groups]
+        self.row = 0
+        self.last = None
+
+    @property
+    def state_bytes(self) -> int:
+        """Working memory kept between rows: the accumulator rows plus the last row (kept for
+        the bottom edge padding), excluding the constant weights and thresholds."""
+        return sum(a.nbytes for a in self.acc) + self.padded_width * 3
+
+    @property
+    def peak_bytes(self) -> int:
+        """state_bytes plus the largest per-row temporary (the row widened to int32 and one
+        group's matmul product)."""
+        widened = self.padded_width * 3 * 4
+        return self.state_bytes + widened + max(a.nbytes for a in self.acc)
+
+    def reset(self) -> None:
+        for a in self.acc:
+            a[:] = 0
+        self.row, self.last = 0, None
+
+    def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
+            got = f"{row.dtype} {row.shape}" if isinstance(row, np.ndarray) else type(row).__name__
+            raise OtterliteError(f"row {self.row}: expected uint8 ({self.width}, 3), got {got}; the frame "
+                                 f"continues at row {self.row}")
+        if self.row >= self.height:
+            self.reset()
+            raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded, "
+                                 f"the encoder is reset for a new frame")
+        if self.padded_width != self.width:
+            row = np.concatenate([row, np.repeat(row[-1:], self.padded_width - self.width, axis=0)])
+        self.last = row
+        return self._accumulate(row)
+
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+        """Pad the bottom by repeating the last row and emit the remaining latent rows; the
+        encoder is then ready for a new frame."""
+        if self.row < self.height:
+            missing = self.height - self.row
+            self.reset()
+            raise OtterliteError(f"frame ended after {self.height - missing} of {self.height} rows; frame "
+                                 f"discarded, the encoder is reset for a new frame")
+        out = []
+        while self.row < self.padded_height:
+            out += self._accumulate(self.last)
+        self.reset()
+        return out
+
+    def _accumulate(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        wide = row.astype(np.int32)
+        done = []
+        for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
+            u = self.row % g.k
+            acc += wide.reshape(-1, 3 * g.k) @ g.phase[u]
+            if u == g.k - 1:
+                done.append((gi, self.row // g.k, g.count(acc)))
+                acc[:] = 0
+        self.row += 1
+        return done
+
+    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """A whole (H, W, 3) frame through the streaming path -> per group (C, h, w) int8."""
+        latents = [np.empty((g.channels, self.padded_height // g.k, self.padded_width // g.k), np.int8)
+                   for g in self.groups]
+        rows = []
+        for r in range(rgb.shape[0]):
+            rows += self.push(rgb[r])
+        for gi, i, z in rows + self.finish():
+            latents[gi][:, i] = z
+        return latents
+
+
+def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
+    """Whole-frame mode: the same integer formula vectorised over all patch rows at once.
+    rgb (H, W, 3) uint8 with sides multiples of the largest patch -> per group (C, h, w) int8."""
+    check_encoder_spec(spec)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise OtterliteError(f"frame must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
+    big = spec.largest_stride
+    h, w = rgb.shape[:2]
+    if h % big or w % big:
+        raise OtterliteError(f"frame {w}x{h}: sides must be multiples of {big} (pad with edge replication, "
+                             f"or use StreamingEncoder, which pads)")
+    wide = rgb.astype(np.int32)
+    out = []
+    for stage in spec.stages:
+        g = PatchGroup(stage)
+        rows = wide.reshape(h // g.k, g.k, w // g.k, 3 * g.k)  # [i, u, j, (v, ch)]
+        acc = np.zeros((h // g.k, w // g.k, g.channels), np.int32)
+        for u in range(g.k):
+            acc += rows[:, u] @ g.phase[u]
+        out.append(g.count(acc))
+    return out
