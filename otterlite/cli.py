@@ -45,10 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=1, help="SEA OTTER operating point (default: 1)")
 
     p = sub.add_parser("encode", help="sensor: image -> .otl latent container",
-                       epilog="example: otterlite encode photo.png -o photo.otl --n-ch 12")
+                       epilog="examples:\n  otterlite encode photo.png -o photo.otl --n-ch 12\n"
+                              "  otterlite encode photo.png -o photo.otl --models out/ --runtime numpy   (no torch needed)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output .otl file")
     p.add_argument("--n-ch", type=int, default=None, help="latent channels 1..n_trained (default: n_trained)")
+    p.add_argument("--runtime", default="numpy", choices=["numpy", "onnx", "tflite", "torch", "float"],
+                   help="engine: numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
+                        "reference) all write identical bytes; float = the research float model")
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help="use DIR/frappe-encoder.spec from 'otterlite export' instead of freezing --checkpoint")
     add_checkpoint_args(p)
 
     p = sub.add_parser("transcode", help="cloud: .otl -> SEA OTTER JPEG",
@@ -105,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
         return 0 if run_demo(args.image, args.out, args.n_ch, args.k)["exact"] else 1
     elif args.command == "encode":
-        st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir)
+        st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir,
+                                  args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
     elif args.command == "transcode":
         st = workflow.transcode_file(args.container, args.output, args.k, args.checkpoint,

@@ -93,13 +93,67 @@ class Stage:
         return 8 * self.size / self.pixels
 
 
-def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = None,
-                n_ch: int | None = None, cache_dir: str | None = None) -> Stage:
-    from otterlite.models.checkpoint import load_frappe
+RUNTIMES = {"numpy": "numpy-streaming", "onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int"}
 
+
+def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
+    """Pad to the largest patch (edge replication) and run the integer encoder spec on the
+    chosen runtime (a backend of the registry); every runtime gives the same latents."""
+    import importlib
+
+    from otterlite.backends import BACKENDS
+
+    big = spec.largest_stride
+    h, w = rgb.shape[:2]
+    if h < big or w < big:
+        raise OtterliteError(f"image {w}x{h} is smaller than one {big}x{big} patch; use an image of "
+                             f"at least {big}x{big} or fewer channels (--n-ch)")
+    backend = BACKENDS[RUNTIMES[runtime]]
+    if backend.missing():
+        raise OtterliteError(f"--runtime {runtime}: {backend.missing()}")
+    padded = pad_to_multiple(rgb, big)
+    x = np.ascontiguousarray(padded.transpose(2, 0, 1))[None]
+    if backend.artifact == "spec":
+        latents = backend.load(None, spec)(x)
+    else:  # the graph for this exact padded size, from the same spec
+        build = importlib.import_module("otterlite.export").build
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"frappe-encoder.{backend.artifact}"
+            path.write_bytes(build(spec, backend.artifact, padded.shape[0], padded.shape[1]))
+            latents = backend.load(path, spec)(x)
+    return LatentFrame(spec.source_sha256, w, h, [tuple(g) for g in spec.info["groups"]], [z[0] for z in latents])
+
+
+def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = None, n_ch: int | None = None,
+                cache_dir: str | None = None, runtime: str = "numpy", models: str | None = None) -> Stage:
+    """runtime: numpy | onnx | tflite | torch (the integer spec: identical bytes), or float (the
+    research float model, which differs from the deployed encoder in about 1% of latents by 1).
+    models: an export DIR whose frappe-encoder.spec is used (numpy alone suffices); otherwise
+    the checkpoint is frozen here (needs torch)."""
     rgb = load_rgb(image)
-    model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
-    data = write_container(encode_rgb(model, ckpt.sha256, rgb))
+    if runtime not in (*RUNTIMES, "float"):
+        raise OtterliteError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}, float")
+    if runtime == "float":
+        from otterlite.models.checkpoint import load_frappe
+
+        model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
+        frame = encode_rgb(model, ckpt.sha256, rgb)
+    else:
+        if models:
+            from otterlite.runtime import load_encoder_spec
+
+            spec = load_encoder_spec(models)
+            if n_ch is not None and n_ch != spec.info.get("n_ch"):
+                raise OtterliteError(f"--n-ch {n_ch}, but {models} holds a {spec.info.get('n_ch')}-channel "
+                                     f"encoder; re-export with --n-ch {n_ch} or drop --n-ch")
+        else:
+            from otterlite.models.checkpoint import load_frappe
+            from otterlite.spec.freeze import freeze_frappe_encoder
+
+            model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
+            spec = freeze_frappe_encoder(model, ckpt.sha256)
+        frame = encode_spec(spec, rgb, runtime)
+    data = write_container(frame)
     return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1])
 
 
