@@ -16,6 +16,7 @@ EPILOG = """examples:
   otterlite export all --format onnx,tflite -o models/
   otterlite verify models/ --json parity.json
   otterlite info models/frappe-encoder.tflite
+  otterlite bench --json bench.json
   otterlite setup tflite-runtime
 checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
@@ -97,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: otterlite info out/frappe-encoder.tflite")
     p.add_argument("file")
 
+    p = sub.add_parser("bench", help="single-thread encoder and consumer throughput on every available backend",
+                       epilog="example: otterlite bench --json bench.json")
+    p.add_argument("--json", default=None, help="write the figures as JSON here")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, best counts (default 3)")
+
     p = sub.add_parser("setup", help="create an isolated environment for a backend that needs one",
                        epilog="example: otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; "
                               "location: $OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)")
@@ -140,6 +146,15 @@ def run(args: argparse.Namespace) -> int:
         from otterlite.info import describe
 
         print("\n".join(describe(args.file)))
+    elif args.command == "bench":
+        from otterlite import bench
+
+        if args.repeats < 1:
+            raise OtterliteError(f"--repeats {args.repeats}: give 1 or more")
+        result = bench.bench(args.repeats)
+        print("\n".join(bench.summary(result)))
+        if args.json:
+            bench.write_json(result, args.json)
     elif args.command == "setup":
         from otterlite import tflite_runtime_env
 

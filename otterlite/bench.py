@@ -1,0 +1,130 @@
+"""`otterlite bench`: single-thread throughput of the encoder on every available backend and
+of the consumer decode, on a real photo resized to each size. Figures, not assertions.
+
+Each figure is the best of `repeats` timed runs after one warm-up run; MPx/s counts input
+pixels. Every integer backend's output is also checked against the PyTorch integer
+reference, so "fastest exact" means exact on this very input.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = ((512, 512), (1088, 1920))
+ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming")
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    from otterlite.images import load_rgb, sample_photo
+
+    return np.asarray(Image.fromarray(load_rgb(sample_photo("astronaut.png"))).resize((width, height), Image.BICUBIC))
+
+
+def bench(repeats: int = 3, say=print) -> dict:
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from otterlite.backends import BACKENDS
+    from otterlite.export import build
+    from otterlite.models.checkpoint import load_frappe, load_seaotter
+    from otterlite.models.jpeg import write_codec_jpeg
+    from otterlite.runtime import ConsumerDecoder, StreamingEncoder
+    from otterlite.spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
+
+    torch.set_num_threads(1)
+    model, ckpt = load_frappe()
+    spec = freeze_frappe_encoder(model, ckpt.sha256)
+    available = [b for b in ENCODERS if not BACKENDS[b].missing()]
+    result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"]}
+    steps, step = len(SIZES) * (2 + len(available)), 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for height, width in SIZES:
+            size = f"{width}x{height}"
+            rgb = photo(height, width)
+            x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+            mpx = height * width / 1e6
+            with torch.no_grad():
+                t_float = best_time(lambda: model.encode(torch.from_numpy(x)), repeats)
+            step += 1
+            say(f"[{step}/{steps}] encoder torch-float {size}: {mpx / t_float:.1f} MPx/s")
+            figures = {"torch-float": {"mpx_s": mpx / t_float, "vs_torch_float": 1.0, "exact": None}}
+            reference = None
+            for name in available:
+                backend = BACKENDS[name]
+                path = Path(tmp) / f"{size}.{backend.artifact}"
+                if backend.artifact != "spec":
+                    path.write_bytes(build(spec, backend.artifact, height, width))
+                run = backend.load(path, spec)
+                outputs = run(x)
+                reference = reference or outputs
+                exact = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
+                seconds = best_time(lambda: run(x), repeats)
+                figures[name] = {"mpx_s": mpx / seconds, "vs_torch_float": t_float / seconds, "exact": exact}
+                step += 1
+                say(f"[{step}/{steps}] encoder {name} {size}: {mpx / seconds:.1f} MPx/s, "
+                    f"{t_float / seconds:.2f}x torch float, {'exact' if exact else 'NOT EXACT'}")
+            for name, fig in figures.items():
+                result["encoder"].setdefault(name, {"sizes": {}})["sizes"][size] = fig
+            bundle, so_ckpt = load_seaotter()
+            with torch.no_grad():
+                codec = bundle.fwd.to_codec_uint8(torch.from_numpy(x))[0].numpy().transpose(1, 2, 0)
+            jpeg = write_codec_jpeg(np.ascontiguousarray(codec), bundle.qtable(1), so_ckpt.sha256, 1)
+            consumer = ConsumerDecoder(freeze_seaotter_inverse(bundle, so_ckpt.sha256))
+            t_pillow = best_time(lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")), repeats)
+            t_ours = best_time(lambda: consumer.decode(jpeg), repeats)
+            step += 1
+            say(f"[{step}/{steps}] consumer {size}: Pillow JPEG decode {mpx / t_pillow:.1f} MPx/s, numpy "
+                f"JPEG + inverse {mpx / t_ours:.1f} MPx/s ({t_pillow / t_ours:.2f}x)")
+            for name, seconds in (("pillow-jpeg-decode", t_pillow), ("numpy", t_ours)):
+                result["consumer"].setdefault(name, {"sizes": {}})["sizes"][size] = {
+                    "mpx_s": mpx / seconds, "vs_jpeg_decode": t_pillow / seconds}
+    goal = f"{SIZES[-1][1]}x{SIZES[-1][0]}"
+    for table in (result["encoder"], result["consumer"]):
+        for fig in table.values():
+            fig.update({k: v for k, v in fig["sizes"][goal].items() if k != "exact"})
+    streaming = StreamingEncoder(spec, SIZES[-1][1], SIZES[-1][0])
+    result["streaming_peak_bytes"] = streaming.peak_bytes
+    result["streaming_state_bytes"] = streaming.state_bytes
+    result["figures_at"] = goal
+    exact = {n: f for n, f in result["encoder"].items() if f["sizes"][goal]["exact"]}
+    result["fastest_exact_encoder"] = max(exact, key=lambda n: exact[n]["mpx_s"]) if exact else None
+    return result
+
+
+def summary(result: dict) -> list[str]:
+    at = result["figures_at"]
+    fastest = result["fastest_exact_encoder"]
+    lines = [f"at {at}, 1 thread, {result['n_ch']} channels:"]
+    for name, fig in result["encoder"].items():
+        lines.append(f"  encoder {name:<16} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float")
+    lines.append(f"  fastest exact encoder: {fastest} ({result['encoder'][fastest]['vs_torch_float']:.2f}x torch float)"
+                 if fastest else "  no exact encoder backend available")
+    lines.append(f"  streaming working memory: peak {result['streaming_peak_bytes']} B "
+                 f"(kept between rows {result['streaming_state_bytes']} B)")
+    for name, fig in result["consumer"].items():
+        lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode")
+    return lines
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    from otterlite.workflow import write_atomic
+
+    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
