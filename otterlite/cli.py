@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=1, help="SEA OTTER operating point (default: 1)")
 
     p = sub.add_parser("encode", help="sensor: image -> .otl latent container",
-                       epilog="examples:\n  otterlite encode photo.png -o photo.otl --n-ch 12\n"
-                              "  otterlite encode photo.png -o photo.otl --models out/ --runtime numpy   (no torch needed)",
+                       epilog="example: otterlite encode photo.png -o photo.otl --models out/ --runtime numpy\n"
+                              "(--models: the spec from 'otterlite export', so no torch is needed)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output .otl file")
