@@ -52,6 +52,8 @@ def bench(repeats: int = 3, say=print) -> dict:
     torch.set_num_threads(1)
     model, ckpt = load_frappe()
     spec = freeze_frappe_encoder(model, ckpt.sha256)
+    bundle, so_ckpt = load_seaotter()
+    consumer = ConsumerDecoder(freeze_seaotter_inverse(bundle, so_ckpt.sha256))
     available = [b for b in ENCODERS if not BACKENDS[b].missing()]
     result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"]}
     steps, step = len(SIZES) * (2 + len(available)), 0
@@ -83,11 +85,9 @@ def bench(repeats: int = 3, say=print) -> dict:
                     f"{t_float / seconds:.2f}x torch float, {'exact' if exact else 'NOT EXACT'}")
             for name, fig in figures.items():
                 result["encoder"].setdefault(name, {"sizes": {}})["sizes"][size] = fig
-            bundle, so_ckpt = load_seaotter()
             with torch.no_grad():
                 codec = bundle.fwd.to_codec_uint8(torch.from_numpy(x))[0].numpy().transpose(1, 2, 0)
             jpeg = write_codec_jpeg(np.ascontiguousarray(codec), bundle.qtable(1), so_ckpt.sha256, 1)
-            consumer = ConsumerDecoder(freeze_seaotter_inverse(bundle, so_ckpt.sha256))
             t_pillow = best_time(lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")), repeats)
             t_ours = best_time(lambda: consumer.decode(jpeg), repeats)
             step += 1

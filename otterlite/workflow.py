@@ -52,13 +52,18 @@ def hwc(tensor) -> np.ndarray:
     return tensor[0].numpy().transpose(1, 2, 0)
 
 
-def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray) -> LatentFrame:
-    """Pad to the largest patch (edge replication), run the encoder, wrap as a frame."""
-    big = max(g.ps for g in model.groups)
+def check_patch_size(rgb: np.ndarray, big: int) -> None:
     h, w = rgb.shape[:2]
     if h < big or w < big:
         raise OtterliteError(f"image {w}x{h} is smaller than one {big}x{big} patch; use an image of "
                              f"at least {big}x{big} or fewer channels (--n-ch)")
+
+
+def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray) -> LatentFrame:
+    """Pad to the largest patch (edge replication), run the encoder, wrap as a frame."""
+    big = max(g.ps for g in model.groups)
+    check_patch_size(rgb, big)
+    h, w = rgb.shape[:2]
     latents = model.encode(nchw(pad_to_multiple(rgb, big)))
     return LatentFrame(checkpoint_sha, w, h, [(g.ps, g.start, g.end) for g in model.groups],
                        [z[0].numpy() for z in latents])
@@ -99,24 +104,21 @@ RUNTIMES = {"numpy": "numpy-streaming", "onnx": "ort-O3-t1", "tflite": "litert",
 def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
     """Pad to the largest patch (edge replication) and run the integer encoder spec on the
     chosen runtime (a backend of the registry); every runtime gives the same latents."""
-    import importlib
-
     from otterlite.backends import BACKENDS
+    from otterlite.export import build
 
     big = spec.largest_stride
+    check_patch_size(rgb, big)
     h, w = rgb.shape[:2]
-    if h < big or w < big:
-        raise OtterliteError(f"image {w}x{h} is smaller than one {big}x{big} patch; use an image of "
-                             f"at least {big}x{big} or fewer channels (--n-ch)")
     backend = BACKENDS[RUNTIMES[runtime]]
-    if backend.missing():
-        raise OtterliteError(f"--runtime {runtime}: {backend.missing()}")
+    reason = backend.missing()
+    if reason:
+        raise OtterliteError(f"--runtime {runtime}: {reason}")
     padded = pad_to_multiple(rgb, big)
     x = np.ascontiguousarray(padded.transpose(2, 0, 1))[None]
     if backend.artifact == "spec":
         latents = backend.load(None, spec)(x)
     else:  # the graph for this exact padded size, from the same spec
-        build = importlib.import_module("otterlite.export").build
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"frappe-encoder.{backend.artifact}"
             path.write_bytes(build(spec, backend.artifact, padded.shape[0], padded.shape[1]))

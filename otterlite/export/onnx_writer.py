@@ -17,10 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from otterlite.spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec
+from otterlite.spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
 
 OPSET = 17
-INT32_MAX = 2 ** 31 - 1
 
 
 class GraphBuilder:
@@ -68,9 +67,7 @@ def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: i
 def count_thresholds(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: tuple[int, int, int], tag: str) -> str:
     """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}."""
     c, h, w = shape
-    padded = np.full((c, 256), INT32_MAX, np.int64)
-    padded[:, : thresholds.shape[1]] = thresholds
-    padded = padded.astype(np.int32)
+    padded = padded_thresholds(thresholds).astype(np.int32)
     flat = g.op("Reshape", [acc, g.const(f"{tag}_shape_c1n", np.array([c, 1, h * w], np.int64))])
     coarse = g.const(f"{tag}_coarse_thresholds", padded[:, 15::16].reshape(c, 16, 1))
     block = g.op("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", [flat, coarse])], to=TensorProto.INT32),

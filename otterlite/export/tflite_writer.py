@@ -23,9 +23,8 @@ import numpy as np
 import tflite
 from tflite.BuiltinOperator import BuiltinOperator as Op
 
-from otterlite.spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec
+from otterlite.spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
 
-INT32_MAX = 2 ** 31 - 1
 TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
          np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
          np.dtype(np.bool_): tflite.TensorType.BOOL}
@@ -227,8 +226,7 @@ def count_thresholds(g: TfliteGraph, acc: int, thresholds: np.ndarray, tag: str)
     """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search."""
     shape = g.shape(acc)
     c = thresholds.shape[0]
-    padded = np.full((c, 256), INT32_MAX, np.int64)
-    padded[:, : thresholds.shape[1]] = thresholds
+    padded = padded_thresholds(thresholds)
     hi = g.const(f"{tag}_thresholds_hi", (padded >> 16).astype(np.float32).ravel())
     lo = g.const(f"{tag}_thresholds_lo", (padded & 0xFFFF).astype(np.float32).ravel())
     first = g.const(f"{tag}_threshold_127", padded[:, 127].astype(np.int32))

@@ -17,20 +17,12 @@ import numpy as np
 
 from otterlite.errors import OtterliteError
 from otterlite.models.jpeg import check_marker, open_codec_jpeg
-from otterlite.spec.types import TableMixSpec, load_spec
+from otterlite.spec.types import TableMixSpec, read_spec
 
 
 def load_inverse_spec(source: str | Path | bytes) -> TableMixSpec:
     """The exported SEA OTTER inverse spec: a DIR from `otterlite export`, a .spec file, or its bytes."""
-    if isinstance(source, bytes):
-        data, name = source, "spec"
-    else:
-        path = Path(source)
-        path = path / "seaotter-inverse.spec" if path.is_dir() else path
-        if not path.is_file():
-            raise OtterliteError(f"{path}: no such file; run 'otterlite export seaotter-inverse -o DIR' and pass DIR")
-        data, name = path.read_bytes(), str(path)
-    spec = load_spec(data, name)
+    spec, name = read_spec(source, "seaotter-inverse.spec")
     if not isinstance(spec, TableMixSpec):
         raise OtterliteError(f"{name}: a {spec.kind} spec, not the SEA OTTER inverse; pass seaotter-inverse.spec")
     return spec
@@ -74,12 +66,15 @@ class ConsumerDecoder:
             return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
         codes = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32).copy()
         codes &= 0xFFFFFF  # little-endian: code = z0 | z1 << 8 | z2 << 16
-        return self.table[codes].view(np.uint8).reshape(h, w, 4)[..., :3]
+        return self._lookup(codes, h, w)
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
         if self.table is None:
             return apply_inverse(self.spec, codec)
         z = codec.astype(np.uint32)
-        codes = z[..., 0] | z[..., 1] << 8 | z[..., 2] << 16
-        return self.table[codes].view(np.uint8).reshape(codec.shape[:2] + (4,))[..., :3]
+        return self._lookup(z[..., 0] | z[..., 1] << 8 | z[..., 2] << 16, *codec.shape[:2])
+
+    def _lookup(self, codes: np.ndarray, h: int, w: int) -> np.ndarray:
+        """Packed codes -> (H, W, 3) uint8 RGB, unpacking the table's r | g << 8 | b << 16."""
+        return self.table[codes].view(np.uint8).reshape(h, w, 4)[..., :3]

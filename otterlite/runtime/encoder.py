@@ -20,20 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import ThresholdConvSpec, load_spec
+from otterlite.spec.types import ThresholdConvSpec, read_spec
 
 
 def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
     """The exported FRAPPE encoder spec: a DIR from `otterlite export`, a .spec file, or its bytes."""
-    if isinstance(source, bytes):
-        data, name = source, "spec"
-    else:
-        path = Path(source)
-        path = path / "frappe-encoder.spec" if path.is_dir() else path
-        if not path.is_file():
-            raise OtterliteError(f"{path}: no such file; run 'otterlite export frappe-encoder -o DIR' and pass DIR")
-        data, name = path.read_bytes(), str(path)
-    spec = load_spec(data, name)
+    spec, name = read_spec(source, "frappe-encoder.spec")
     check_encoder_spec(spec, name)
     return spec
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,15 @@ MAGIC = b"OTLS"
 VERSION = 1
 FLOAT_EXACT_LIMIT = 2 ** 24  # every partial sum below this is exact in float32
 INT32_LIMIT = 2 ** 31
+INT32_MAX = INT32_LIMIT - 1
+
+
+def padded_thresholds(thresholds: np.ndarray, columns: int = 256) -> np.ndarray:
+    """(C, L) thresholds -> (C, columns) int64, the extra columns INT32_MAX (never reached:
+    freeze keeps every accumulator below it), so a count over all columns is unchanged."""
+    padded = np.full((thresholds.shape[0], columns), INT32_MAX, np.int64)
+    padded[:, : thresholds.shape[1]] = thresholds
+    return padded
 
 
 def accumulator_range(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +137,18 @@ def save_spec(spec) -> bytes:
         raw = np.ascontiguousarray(arr, dtype=item["dtype"]).tobytes()
         body[item["offset"]: item["offset"] + len(raw)] = raw
     return head + bytes(body)
+
+
+def read_spec(source, file_name: str) -> tuple:
+    """(spec, name for messages) from its bytes, a .spec file, or an export DIR holding `file_name`."""
+    if isinstance(source, bytes):
+        return load_spec(source, "spec"), "spec"
+    path = Path(source)
+    path = path / file_name if path.is_dir() else path
+    if not path.is_file():
+        model = file_name.removesuffix(".spec")
+        raise OtterliteError(f"{path}: no such file; run 'otterlite export {model} -o DIR' and pass DIR")
+    return load_spec(path.read_bytes(), str(path)), str(path)
 
 
 def load_spec(data: bytes, source: str = "spec"):
