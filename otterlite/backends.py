@@ -80,6 +80,26 @@ def load_numpy_streaming(path: Path, spec):
     return run
 
 
+def load_c(path: Path, spec):
+    """The generated C99 encoder, built with the host compiler (sources in a temporary folder
+    that lives as long as the runner)."""
+    from otterlite.firmware_sim import build_host, encode_c, generate
+
+    folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
+    binary = build_host(generate(spec, Path(folder.name) / "src"))
+
+    def run(x):
+        return [z[None] for z in encode_c(binary, spec, x[0].transpose(1, 2, 0))]
+    run.folder = folder
+    return run
+
+
+def c_compiler_ready() -> str | None:
+    from otterlite.firmware_sim import compiler_missing
+
+    return compiler_missing()
+
+
 def onnxruntime_loader(level: str, threads: int):
     def load(path: Path, spec):
         import onnxruntime as ort
@@ -182,6 +202,7 @@ BACKENDS: dict[str, Backend] = {
     "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
     "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame, ("frappe-encoder", "seaotter-inverse")),
     "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
+    "c": Backend("c", "spec", c_compiler_ready, load_c, ("frappe-encoder",)),
 }
 for _short, _level in ORT_LEVELS.items():
     for _threads in (1, 2):

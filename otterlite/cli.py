@@ -18,6 +18,8 @@ EPILOG = """examples:
   otterlite info models/frappe-encoder.tflite
   otterlite bench --json bench.json
   otterlite setup tflite-runtime
+  otterlite firmware models/ --target cortex-m4 -o fw/
+  otterlite firmware run fw/ photo.png
 checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
 
@@ -103,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the figures as JSON here")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, best counts (default 3)")
 
+    p = sub.add_parser("firmware", help="generate the C99 streaming sensor encoder from an export DIR, build it on "
+                       "the host and print its resource report ('firmware run OUT IMAGE...' checks it bit-exact)",
+                       epilog="examples:\n  otterlite export frappe-encoder -o models/\n"
+                              "  otterlite firmware models/ --target cortex-m4,rpi4 -o fw/   (report also in fw/report.json)\n"
+                              "  otterlite firmware run fw/ photo.png other.jpg",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", metavar="DIR", help="folder from 'otterlite export' holding frappe-encoder.spec")
+    p.add_argument("--target", default="all",
+                   help="cortex-m4, cortex-m7, esp32-s3, rpi-zero2, rpi4 (comma-separated) or all (default)")
+    p.add_argument("-o", "--output", required=True, help="output folder for the C sources")
+    p.add_argument("--json", default=None, help="also write the report as JSON here")
+
+    p = sub.add_parser("firmware-run", prog="otterlite firmware run",
+                       help="('otterlite firmware run OUT IMAGE...') build OUT with the host compiler and check every "
+                            "image bit-exact against the PyTorch integer reference",
+                       epilog="example: otterlite firmware run fw/ photo.png --sanitize")
+    p.add_argument("folder", metavar="OUT", help="folder written by 'otterlite firmware'")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--sanitize", action="store_true", help="build with -fsanitize=address,undefined")
+
     p = sub.add_parser("setup", help="create an isolated environment for a backend that needs one",
                        epilog="example: otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; "
                               "location: $OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)")
@@ -155,6 +177,18 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(bench.summary(result)))
         if args.json:
             bench.write_json(result, args.json)
+    elif args.command == "firmware":
+        from otterlite.firmware_sim import firmware
+        from otterlite.firmware_sim.report import format_report, write_report
+
+        result = firmware(args.folder, args.target, args.output)
+        print("\n".join(format_report(result)))
+        if args.json:
+            write_report(result, args.json)
+    elif args.command == "firmware-run":
+        from otterlite.firmware_sim import run_firmware
+
+        return 0 if run_firmware(args.folder, args.images, args.sanitize) else 1
     elif args.command == "setup":
         from otterlite import tflite_runtime_env
 
@@ -164,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["firmware", "run"]:  # `firmware DIR` and `firmware run OUT` share a name
+        argv = ["firmware-run", *argv[2:]]
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

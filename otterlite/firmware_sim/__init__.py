@@ -1,0 +1,10 @@
+"""Firmware simulation: the FRAPPE encoder spec as generated C99 (streaming, integer only,
+no malloc), built and run on the host and checked bit-exact, with resource reports.
+
+    spec --codegen--> OUT/*.c *.h Makefile --host--> otl_host --run--> latents == reference
+"""
+from otterlite.firmware_sim.codegen import generate
+from otterlite.firmware_sim.host import build_host, compiler_missing, encode_c
+from otterlite.firmware_sim.workflow import firmware, run_firmware
+
+__all__ = ["build_host", "compiler_missing", "encode_c", "firmware", "generate", "run_firmware"]

@@ -1,0 +1,60 @@
+/* otterlite streaming FRAPPE encoder: C99, integers only, no malloc, no float, no libc
+ * beyond memset. The caller owns every buffer.
+ *
+ * For scale group g (patch k, C channels, w = padded_width / k patch columns) and row
+ * r = k*i + u of the padded frame:
+ *   acc[g][c][j] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; int32,
+ *                   exact: the freeze step proved |acc| < 2^31)
+ * after the row with u = k - 1 the patch row i is complete:
+ *   latent[c][j]  = OTL_BASE + #{n : acc[g][c][j] >= T_g[c][n]}       (no rounding at run time)
+ * and acc[g] is cleared. T is padded to 256 entries with INT32_MAX, so an 8-step binary
+ * search counts exactly. A frame whose sides are not multiples of the largest patch is
+ * padded by edge replication: each row to the right, and the last row repeated below
+ * (the push of the last row emits every remaining latent row).
+ */
+#ifndef OTL_ENCODER_H
+#define OTL_ENCODER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "otl_model.h"
+
+#define OTL_MAX_SIDE 65535  /* the .otl container stores sizes as u16 */
+
+typedef struct {
+    int patch;               /* k: patch size and stride */
+    int channels;            /* C */
+    int first_channel;       /* index of the group's first latent channel */
+    const otl_weight_t *weights;  /* [k][C][3k]: phase u, channel c, t = 3v + ch */
+    const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
+} otl_group;
+
+extern const otl_group otl_groups[OTL_GROUPS];
+extern const uint8_t otl_checkpoint_sha256[32];
+
+/* Called for each completed latent row: latents[c * width + j], c < channels. */
+typedef void (*otl_emit_fn)(void *ctx, int group, int latent_row, const int8_t *latents, int channels,
+                            int width);
+
+typedef struct {
+    int width, height;                /* the frame as the sensor delivers it */
+    int padded_width, padded_height;  /* rounded up to multiples of OTL_LARGEST_PATCH */
+    int row;                          /* rows pushed so far */
+    int32_t *acc[OTL_GROUPS];         /* [C][w] accumulators, inside the caller's state buffer */
+    int8_t *latents;                  /* one completed latent row, inside the state buffer */
+} otl_encoder;
+
+enum { OTL_OK = 0, OTL_ERR_SIZE = -1, OTL_ERR_STATE = -2, OTL_ERR_ROWS = -3 };
+
+/* Bytes of state buffer otl_init needs for frames of this width (0 if the width is invalid). */
+size_t otl_state_bytes(int width);
+
+/* Start a frame; state must be 4-byte aligned and at least otl_state_bytes(width) bytes. */
+int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int height);
+
+/* Feed the next row (width x 3 bytes, RGB). Returns the number of latent rows emitted, or
+ * OTL_ERR_ROWS if the frame already has all its rows. */
+int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx);
+
+#endif

@@ -1,0 +1,29 @@
+/* The harness shared by every platform: a binary PPM (P6, maxval 255) in, row by row
+ * through the streaming encoder, out as
+ *   raw:       the int8 latents, scale group by scale group, each in C, H, W order, or
+ *   container: the .otl bytes otterlite writes.
+ * The platform supplies file access; the harness allocates nothing. */
+#ifndef OTL_HARNESS_H
+#define OTL_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    void *in, *out;
+    int (*read)(void *file, uint8_t *buf, size_t n);                       /* 0: read all n bytes */
+    int (*write_at)(void *file, size_t offset, const uint8_t *buf, size_t n);  /* 0: written */
+} otl_files;
+
+/* Parse the PPM header; NULL on success, else the error. */
+const char *otl_read_ppm_header(const otl_files *io, int *width, int *height);
+
+/* Work memory otl_encode_ppm needs (row, encoder state, and for a container the payload). */
+size_t otl_work_bytes(int width, int height, int container);
+
+/* Encode the pixels that follow the header; NULL on success, else the error. *written is
+ * the output size. work must be 4-byte aligned. */
+const char *otl_encode_ppm(const otl_files *io, int width, int height, int container, uint8_t *work,
+                           size_t work_bytes, size_t *written);
+
+#endif

@@ -1,0 +1,153 @@
+/* Host harness (any hosted C99 system: x86-64, ARM Linux):
+ *   otl_host IN.ppm OUT.bin               raw int8 latents, group by group, each C, H, W
+ *   otl_host --container IN.ppm OUT.otl   the .otl container bytes
+ *   otl_host --bench N IN.ppm             encode the frame N times from memory, print MPx/s
+ *   otl_host --memory W                   print the RAM the encoder needs for rows of width W
+ * Errors: a message on stderr, exit code 1, and no output file. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "otl_container.h"
+#include "otl_encoder.h"
+#include "otl_harness.h"
+
+typedef struct {
+    const uint8_t *data;
+    size_t size, pos;
+} memory_file;
+
+static int file_read(void *file, uint8_t *buf, size_t n) { return fread(buf, 1, n, (FILE *)file) != n; }
+
+static int file_write_at(void *file, size_t offset, const uint8_t *buf, size_t n) {
+    if (fseek((FILE *)file, (long)offset, SEEK_SET)) return 1;
+    return fwrite(buf, 1, n, (FILE *)file) != n;
+}
+
+static int memory_read(void *file, uint8_t *buf, size_t n) {
+    memory_file *m = (memory_file *)file;
+    if (m->size - m->pos < n) return 1;
+    memcpy(buf, m->data + m->pos, n);
+    m->pos += n;
+    return 0;
+}
+
+static int discard_write_at(void *file, size_t offset, const uint8_t *buf, size_t n) {
+    (void)file, (void)offset, (void)buf, (void)n;
+    return 0;
+}
+
+static int fail(const char *path, const char *message) {
+    fprintf(stderr, "otl_host: %s: %s\n", path, message);
+    return 1;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: otl_host [--container] IN.ppm OUT | --bench N IN.ppm | --memory WIDTH\n"
+                    "example: otl_host photo.ppm photo.bin\n");
+    return 2;
+}
+
+/* The whole file in memory, for --bench. */
+static uint8_t *slurp(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    uint8_t *data = NULL;
+    long n;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (data = (uint8_t *)malloc((size_t)n)) != NULL && fread(data, 1, (size_t)n, f) != (size_t)n) {
+        free(data);
+        data = NULL;
+    }
+    *size = data ? (size_t)n : 0;
+    fclose(f);
+    return data;
+}
+
+static int bench(int repeats, const char *path) {
+    size_t size, written;
+    uint8_t *data = slurp(path, &size), *work = NULL;
+    memory_file m;
+    otl_files io;
+    int width = 0, height = 0, i;
+    clock_t start;
+    double seconds;
+    const char *error = NULL;
+    if (!data) return fail(path, "cannot read");
+    io.in = &m;
+    io.out = NULL;
+    io.read = memory_read;
+    io.write_at = discard_write_at;
+    start = clock();
+    for (i = 0; i < repeats && !error; i++) {
+        m.data = data, m.size = size, m.pos = 0;
+        error = otl_read_ppm_header(&io, &width, &height);
+        if (!error && !work) work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
+        if (!error) error = work ? otl_encode_ppm(&io, width, height, 0, work, otl_work_bytes(width, height, 0), &written)
+                                 : "out of memory";
+    }
+    seconds = (double)(clock() - start) / CLOCKS_PER_SEC;
+    free(data);
+    free(work);
+    if (error) return fail(path, error);
+    printf("frames %d size %dx%d seconds %.6f mpx_s %.3f\n", repeats, width, height, seconds,
+           seconds > 0 ? (double)repeats * width * height / seconds / 1e6 : 0.0);
+    return 0;
+}
+
+static int memory(int width) {
+    if (otl_state_bytes(width) == 0) return fail("--memory", "width out of range");
+    printf("state_bytes %lu row_bytes %lu encoder_bytes %lu coder_bytes %lu\n", (unsigned long)otl_state_bytes(width),
+           (unsigned long)width * 3ul, (unsigned long)sizeof(otl_encoder), (unsigned long)sizeof(otl_coder));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const int container = argc == 4 && strcmp(argv[1], "--container") == 0;
+    const char *in_path, *out_path, *error;
+    char part[4096];
+    FILE *in, *out;
+    otl_files io;
+    uint8_t *work;
+    size_t written = 0;
+    int width, height;
+    if (argc == 3 && strcmp(argv[1], "--memory") == 0) return memory(atoi(argv[2]));
+    if (argc == 4 && strcmp(argv[1], "--bench") == 0) return atoi(argv[2]) > 0 ? bench(atoi(argv[2]), argv[3]) : usage();
+    if (argc != 3 && !container) return usage();
+    in_path = argv[argc - 2];
+    out_path = argv[argc - 1];
+    if (strlen(out_path) + 6 > sizeof(part)) return fail(out_path, "path too long");
+    sprintf(part, "%s.part", out_path);  /* written here, renamed on success */
+    if (!(in = fopen(in_path, "rb"))) return fail(in_path, "cannot open");
+    io.in = in;
+    io.read = file_read;
+    io.write_at = file_write_at;
+    if ((error = otl_read_ppm_header(&io, &width, &height))) {
+        fclose(in);
+        return fail(in_path, error);
+    }
+    if (!(work = (uint8_t *)malloc(otl_work_bytes(width, height, container)))) {
+        fclose(in);
+        return fail(in_path, "out of memory");
+    }
+    if (!(out = fopen(part, "wb"))) {
+        free(work);
+        fclose(in);
+        return fail(part, "cannot create");
+    }
+    io.out = out;
+    error = otl_encode_ppm(&io, width, height, container, work, otl_work_bytes(width, height, container), &written);
+    free(work);
+    fclose(in);
+    if (fclose(out) && !error) error = "cannot write the output";
+    if (error) {
+        remove(part);
+        return fail(in_path, error);
+    }
+    if (rename(part, out_path)) {
+        remove(part);
+        return fail(out_path, "cannot rename the finished output into place");
+    }
+    return 0;
+}

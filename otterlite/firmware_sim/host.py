@@ -1,0 +1,113 @@
+"""Build the generated C with the host compiler and run its harness (`otl_host`).
+
+Harness contract: `otl_host IN.ppm OUT.bin` writes the raw int8 latents, scale group by
+scale group, each in C, H, W order (H, W of the frame padded to the largest patch);
+`otl_host --container IN.ppm OUT.otl` writes the .otl container bytes."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from otterlite.errors import OtterliteError
+from otterlite.firmware_sim.codegen import HOST_CFLAGS, LIBRARY, SANITIZE_CFLAGS
+
+RUN_TIMEOUT_S = 300
+
+
+def find_compiler() -> str | None:
+    """$CC if set, else cc or gcc on PATH."""
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def compiler_missing() -> str | None:
+    if find_compiler():
+        return None
+    return ("no C compiler found ($CC, cc or gcc); install one (Debian: apt-get install gcc) "
+            "or set CC=/path/to/compiler")
+
+
+def build_host(folder: str | Path, sanitize: bool = False) -> Path:
+    """Compile `folder`'s sources into folder/otl_host (or otl_host_sanitize) with the flags
+    the Makefile uses; compiler errors are raised in full."""
+    folder = Path(folder)
+    reason = compiler_missing()
+    if reason:
+        raise OtterliteError(reason)
+    if not (folder / "otl_model.c").is_file():
+        raise OtterliteError(f"{folder}: no generated sources; run 'otterlite firmware DIR -o {folder}' first")
+    binary = folder / ("otl_host_sanitize" if sanitize else "otl_host")
+    flags = [*HOST_CFLAGS, *(SANITIZE_CFLAGS if sanitize else ())]
+    done = subprocess.run([find_compiler(), *flags, "-o", binary.name, *LIBRARY, "otl_host.c"], cwd=folder,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise OtterliteError(f"compiling {folder} failed:\n{done.stderr.strip()}")
+    return binary
+
+
+def write_ppm(path: Path, rgb: np.ndarray) -> None:
+    h, w = rgb.shape[:2]
+    path.write_bytes(f"P6\n{w} {h}\n255\n".encode() + np.ascontiguousarray(rgb, np.uint8).tobytes())
+
+
+def latent_shapes(spec, height: int, width: int) -> list[tuple[int, int, int]]:
+    big = spec.largest_stride
+    hp, wp = -(-height // big) * big, -(-width // big) * big
+    return [(s.weights.shape[0], hp // s.stride, wp // s.stride) for s in spec.stages]
+
+
+def split_latents(raw: bytes, shapes: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    """The raw harness output -> per group (C, H, W) int8."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    if len(raw) != sum(sizes):
+        raise OtterliteError(f"harness wrote {len(raw)} bytes, expected {sum(sizes)} for groups {shapes}")
+    flat, out, at = np.frombuffer(raw, np.int8), [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(flat[at:at + size].reshape(shape).copy())
+        at += size
+    return out
+
+
+def run_harness(command: list[str], rgb: np.ndarray, container: bool = False,
+                timeout: float = RUN_TIMEOUT_S) -> bytes:
+    """Run a harness command (its last two arguments IN.ppm OUT appended) in a scratch folder
+    on an (H, W, 3) uint8 image; returns the output bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ppm(Path(tmp) / "in.ppm", rgb)
+        args = [*command, *(["--container"] if container else []), "in.ppm", "out.bin"]
+        try:
+            done = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise OtterliteError(f"{' '.join(command)}: no exit after {timeout:.0f} s (hung); stopped") from None
+        out = Path(tmp) / "out.bin"
+        if done.returncode or not out.is_file():
+            raise OtterliteError(f"{' '.join(command)} failed (exit {done.returncode}): "
+                                 f"{(done.stderr or done.stdout).strip()[:500]}")
+        return out.read_bytes()
+
+
+def encode_c(binary: str | Path, spec, rgb: np.ndarray) -> list[np.ndarray]:
+    """Latents of an (H, W, 3) uint8 image from a built harness, per group (C, H, W) int8."""
+    raw = run_harness([str(Path(binary).resolve())], rgb)
+    return split_latents(raw, latent_shapes(spec, *rgb.shape[:2]))
+
+
+def bench_c(binary: str | Path, rgb: np.ndarray, frames: int = 5) -> float:
+    """MPx/s of the compiled encoder on this image (rows from memory, one thread)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ppm(Path(tmp) / "in.ppm", rgb)
+        done = subprocess.run([str(Path(binary).resolve()), "--bench", str(frames), "in.ppm"], cwd=tmp,
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if done.returncode:
+        raise OtterliteError(f"{binary} --bench failed: {done.stderr.strip()}")
+    fields = done.stdout.split()
+    return float(fields[fields.index("mpx_s") + 1])

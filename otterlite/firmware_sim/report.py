@@ -1,0 +1,202 @@
+"""The resource report of a generated encoder: memory measured from builds, work counted
+from the spec, cycles and fps from each target's stated cost model (targets.py), the
+host C throughput measured, and the TFLite Micro arena of the same model as a baseline."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from otterlite.errors import OtterliteError
+from otterlite.firmware_sim import host
+from otterlite.firmware_sim.targets import Target
+
+FRAME_SIZES = ((480, 640), (1080, 1920))  # (height, width)
+DEVICE_SOURCES = ("otl_model.c", "otl_encoder.c", "otl_container.c")  # on the sensor; the harness is not
+THRESHOLD_STEPS = 8  # binary search over 256 entries
+
+
+def frame_work(spec, height: int, width: int) -> dict:
+    """Operations per frame: MACs, threshold search steps and pixels of the padded frame."""
+    big = spec.largest_stride
+    hp, wp = -(-height // big) * big, -(-width // big) * big
+    latents = sum(s.weights.shape[0] * (hp // s.stride) * (wp // s.stride) for s in spec.stages)
+    macs = sum(hp * wp * 3 * s.weights.shape[0] for s in spec.stages)
+    return {"padded": f"{wp}x{hp}", "pixels": hp * wp, "macs": macs, "threshold_steps": THRESHOLD_STEPS * latents,
+            "latents": latents}
+
+
+def cycles(target: Target, work: dict) -> float:
+    return (work["macs"] * target.cycles_per_mac + work["threshold_steps"] * target.cycles_per_step
+            + work["pixels"] * target.cycles_per_pixel)
+
+
+def section_sizes(objects: list[Path], size_tool: str) -> dict:
+    """code (.text*), constants (.rodata*), data (.data*), bss (.bss*) bytes summed over objects."""
+    done = subprocess.run([size_tool, "-A", *map(str, objects)], capture_output=True, text=True, check=True)
+    sizes = {"code": 0, "constants": 0, "data": 0, "bss": 0}
+    kinds = {".text": "code", ".rodata": "constants", ".data": "data", ".bss": "bss"}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            for prefix, kind in kinds.items():
+                if parts[0] == prefix or parts[0].startswith(prefix + "."):
+                    sizes[kind] += int(parts[1])
+    return sizes
+
+
+def stack_bytes(folder: Path) -> int:
+    """Upper bound of the encoder's stack: the sum of every library function's frame
+    (gcc -fstack-usage), i.e. as if all were on the stack at once."""
+    total = 0
+    for su in folder.glob("*.su"):
+        for line in su.read_text().splitlines():
+            found = re.search(r"\t(\d+)\t", line)
+            total += int(found.group(1)) if found else 0
+    return total
+
+
+def measure_build(folder: Path, target: Target) -> dict:
+    """Compile the device sources with the target's compiler; sizes and stack, or why not."""
+    import shutil
+
+    if target.compiler is None:
+        return {"measured": False, "reason": "no compiler for this CPU in Debian; figures from the spec only"}
+    if not shutil.which(target.compiler):
+        return {"measured": False, "reason": f"{target.compiler} not installed (apt-get install {target.package})"}
+    with tempfile.TemporaryDirectory() as tmp:
+        objects = []
+        for source in DEVICE_SOURCES:
+            obj = Path(tmp) / source.replace(".c", ".o")
+            subprocess.run([target.compiler, "-std=c99", *target.cflags, "-Wall", "-Wextra", "-Werror", "-fstack-usage",
+                            "-c", str(folder / source), "-o", str(obj)], cwd=tmp, check=True, capture_output=True)
+            objects.append(obj)
+        sizes = section_sizes(objects, target.compiler.removesuffix("gcc") + "size")
+        return {"measured": True, "compiler": target.compiler, **sizes, "stack": stack_bytes(Path(tmp))}
+
+
+def state_memory(binary: Path, width: int) -> dict:
+    done = subprocess.run([str(binary), "--memory", str(width)], capture_output=True, text=True, check=True)
+    fields = done.stdout.split()
+    return {fields[i]: int(fields[i + 1]) for i in range(0, len(fields), 2)}
+
+
+def tflm_arena(spec, height: int, width: int) -> int | None:
+    """TFLite Micro's arena for the same model's .tflite at this (padded) size, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("tflite_micro") is None or importlib.util.find_spec("tflite") is None:
+        return None
+    from tflite_micro.python.tflite_micro import runtime
+
+    from otterlite.backends import tflm_arena_bytes
+    from otterlite.export import build
+    from otterlite.export.tflite_info import read_tflite
+
+    big = spec.largest_stride
+    data = build(spec, "tflite", -(-height // big) * big, -(-width // big) * big)
+    interpreter = runtime.Interpreter.from_bytes(data, arena_size=read_tflite(data, "model").activation_bytes + 2 ** 20)
+    return tflm_arena_bytes(interpreter)
+
+
+def host_throughput(binary: Path, frames: int = 5) -> dict:
+    """Measured MPx/s of the -O2 host build at 1920x1080 on a real photo, beside the torch
+    float reference in the same run when torch is installed."""
+    from otterlite.bench import photo
+
+    rgb = photo(1080, 1920)
+    out = {"c_mpx_s": host.bench_c(binary, rgb, frames), "size": "1920x1080", "threads": 1}
+    try:
+        import torch
+
+        from otterlite.bench import best_time
+        from otterlite.models.checkpoint import load_frappe
+        from otterlite.images import pad_to_multiple
+    except ImportError:
+        return out
+    torch.set_num_threads(1)
+    model, _ = load_frappe()
+    x = torch.from_numpy(np.ascontiguousarray(pad_to_multiple(rgb, 32).transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        seconds = best_time(lambda: model.encode(x), 3)
+    out["torch_float_mpx_s"] = 1920 * 1080 / seconds / 1e6
+    out["vs_torch_float"] = out["c_mpx_s"] / out["torch_float_mpx_s"]
+    return out
+
+
+def resource_report(spec, folder: str | Path, targets: list[Target], binary: Path, say=print) -> dict:
+    folder = Path(folder)
+    report = {"model": {"n_ch": spec.stages[-1].channels[1], "groups": [[s.stride, *s.channels] for s in spec.stages],
+                        "checkpoint_sha256": spec.source_sha256},
+              "frames": {}, "targets": {}}
+    for height, width in FRAME_SIZES:
+        size = f"{width}x{height}"
+        say(f"counting work and memory at {size}")
+        report["frames"][size] = {**frame_work(spec, height, width), **state_memory(binary, width),
+                                  "tflm_arena_bytes": tflm_arena(spec, height, width)}
+    for target in targets:
+        say(f"building for {target.name}")
+        build = measure_build(folder, target)
+        entry = {"description": target.description, "clock_mhz": target.clock_mhz, "flash_bytes": target.flash_bytes,
+                 "ram_bytes": target.ram_bytes, "build": build,
+                 "cost_model": {"cycles_per_mac": target.cycles_per_mac, "cycles_per_step": target.cycles_per_step,
+                                "cycles_per_pixel": target.cycles_per_pixel, "basis": target.cost_basis},
+                 "frames": {}}
+        for size, frame in report["frames"].items():
+            c = cycles(target, frame)
+            ram = frame["state_bytes"] + frame["row_bytes"] + frame["encoder_bytes"] + build.get("stack", 0)
+            flash = build["code"] + build["constants"] + build["data"] if build["measured"] else None
+            entry["frames"][size] = {"cycles": c, "fps": target.clock_mhz * 1e6 / c, "ram_bytes": ram,
+                                     "fits": ram <= target.ram_bytes and (flash is None or flash <= target.flash_bytes)}
+        report["targets"][target.name] = entry
+    say("measuring the host build")
+    report["host"] = host_throughput(binary)
+    return report
+
+
+def format_report(report: dict) -> list[str]:
+    names = list(report["targets"])
+    rows = [("", names)]
+
+    def row(label, values):
+        rows.append((label, [str(v) for v in values]))
+    targets = [report["targets"][n] for n in names]
+    row("clock MHz", [t["clock_mhz"] for t in targets])
+    row("flash / RAM of the part", [f"{t['flash_bytes'] // 1024} KB / {t['ram_bytes'] // 1024} KB" for t in targets])
+    row("code bytes (measured)", [t["build"]["code"] if t["build"]["measured"] else "-" for t in targets])
+    row("constants bytes", [t["build"]["constants"] if t["build"]["measured"] else "-" for t in targets])
+    row("stack bytes (upper bound)", [t["build"]["stack"] if t["build"]["measured"] else "-" for t in targets])
+    row("cycles/MAC, /step, /pixel", [f"{t['cost_model']['cycles_per_mac']}, {t['cost_model']['cycles_per_step']}, "
+                                      f"{t['cost_model']['cycles_per_pixel']}" for t in targets])
+    for size, frame in report["frames"].items():
+        row(f"{size}: RAM bytes (state+row+stack)", [t["frames"][size]["ram_bytes"] for t in targets])
+        row(f"{size}: Mcycles/frame (model)", [f"{t['frames'][size]['cycles'] / 1e6:.1f}" for t in targets])
+        row(f"{size}: fps (model)", [f"{t['frames'][size]['fps']:.2f}" for t in targets])
+        row(f"{size}: fits the part", ["yes" if t["frames"][size]["fits"] else "NO" for t in targets])
+    width = max(len(label) for label, _ in rows) + 2
+    cols = [max(len(n), *(len(v[i]) for _, v in rows[1:])) + 2 for i, n in enumerate(names)]
+    lines = [label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols)) for label, values in rows]
+    for size, f in report["frames"].items():
+        arena = f["tflm_arena_bytes"]
+        lines.append(f"{size} (padded {f['padded']}): {f['macs'] / 1e6:.1f} M MACs, {f['threshold_steps'] / 1e6:.2f} M "
+                     f"threshold steps, encoder state {f['state_bytes']} B + row {f['row_bytes']} B; TFLM arena "
+                     + (f"{arena} B ({arena / f['state_bytes']:.0f}x the streaming state)" if arena else
+                        "not measured (pip install 'otterlite[tflm,tflite]')"))
+    for name, t in zip(names, targets):
+        if not t["build"]["measured"]:
+            lines.append(f"{name}: sizes not measured: {t['build']['reason']}")
+    h = report["host"]
+    lines.append(f"host C (-O2, 1 thread, {h['size']}): {h['c_mpx_s']:.1f} MPx/s"
+                 + (f", torch float {h['torch_float_mpx_s']:.1f} MPx/s = {h['vs_torch_float']:.2f}x"
+                    if "vs_torch_float" in h else ""))
+    return lines
+
+
+def write_report(report: dict, path: Path) -> None:
+    from otterlite.workflow import write_atomic
+
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

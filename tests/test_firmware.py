@@ -1,0 +1,144 @@
+"""Firmware simulation: the generated C99 encoder, built with the host compiler (also with
+sanitizers), bit-exact with the PyTorch integer reference, writing the same container bytes,
+refusing bad input, and its resource report."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+import published
+from otterlite.cli import main
+from otterlite.container import LatentFrame, write_container
+from otterlite.errors import OtterliteError
+from otterlite.export import export
+from otterlite.firmware_sim import build_host, encode_c, generate, host
+from otterlite.firmware_sim.report import frame_work
+from otterlite.firmware_sim.workflow import reference_latents
+from otterlite.images import sample_photo
+from otterlite.runtime import load_encoder_spec
+from otterlite.verify import adversarial, fit
+
+pytestmark = pytest.mark.skipif(host.find_compiler() is None, reason="no C compiler")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fw-models")
+    export(["frappe-encoder", "seaotter-inverse"], ["onnx"], out, input_size="64x64", say=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(exported, tmp_path_factory):
+    spec = load_encoder_spec(exported)
+    folder = generate(spec, tmp_path_factory.mktemp("fw") / "src")
+    return spec, build_host(folder), build_host(folder, sanitize=True)
+
+
+def frame_of(spec, rgb, latents):
+    return LatentFrame(spec.source_sha256, rgb.shape[1], rgb.shape[0], [tuple(g) for g in spec.info["groups"]], latents)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (100, 75), (333, 250), (512, 512)])
+def test_c_matches_reference_and_writes_the_same_container(built, photo, size):
+    spec, binary, sanitized = built
+    h, w = size
+    rgb = np.ascontiguousarray(photo[:h, :w])
+    want = reference_latents(spec, rgb)
+    for b in (binary, sanitized):
+        for a, z in zip(want, encode_c(b, spec, rgb)):
+            np.testing.assert_array_equal(a, z)
+        assert host.run_harness([str(b)], rgb, container=True) == write_container(frame_of(spec, rgb, want))
+
+
+def test_sanitized_build_is_clean_on_the_adversarial_set(built):
+    spec, _, sanitized = built
+    for name, x in adversarial(spec, 96, 160):
+        rgb = np.ascontiguousarray(x[0].transpose(1, 2, 0))
+        for a, z in zip(reference_latents(spec, rgb), encode_c(sanitized, spec, rgb)):
+            assert np.array_equal(a, z), name
+
+
+def test_published_checkpoint_with_12_bit_weights_and_patch_4(tmp_path, odd_photo):
+    """Six patch sizes down to 4 (dot products shorter than a block) and int16 weights."""
+    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6])
+    assert main(["export", "frappe-encoder", "-o", str(tmp_path / "m"), "--checkpoint", str(frappe_dir),
+                 "--n-ch", "6", "--weight-bits", "12", "--input-size", "64x64"]) == 0
+    spec = load_encoder_spec(tmp_path / "m")
+    assert max(s.weight_bits for s in spec.stages) > 8
+    folder = generate(spec, tmp_path / "src")
+    assert "typedef int16_t otl_weight_t;" in (folder / "otl_model.h").read_text()
+    sanitized = build_host(folder, sanitize=True)
+    for a, z in zip(reference_latents(spec, odd_photo), encode_c(sanitized, spec, odd_photo)):
+        np.testing.assert_array_equal(a, z)
+
+
+def test_firmware_commands_report_and_run(exported, tmp_path, capsys):
+    out = tmp_path / "fw"
+    assert main(["firmware", str(exported), "--target", "cortex-m4,rpi4", "-o", str(out),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "cortex-m4" in printed and "fps (model)" in printed and "TFLM arena" in printed
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report == json.loads((out / "report.json").read_text())
+    assert set(report["targets"]) == {"cortex-m4", "rpi4"}
+    spec = load_encoder_spec(exported)
+    frame = report["frames"]["1920x1080"]
+    # the C's own figure against the spec: one int32 accumulator row per group + one latent row
+    widths = [(s.weights.shape[0], 1920 // s.stride) for s in spec.stages]
+    assert frame["state_bytes"] == sum(4 * c * w for c, w in widths) + max(c * w for c, w in widths)
+    assert frame["macs"] == frame_work(spec, 1080, 1920)["macs"] == 1920 * 1088 * 3 * 12
+    assert report["host"]["c_mpx_s"] > 0
+    m4 = report["targets"]["cortex-m4"]
+    if m4["build"]["measured"]:
+        assert m4["build"]["constants"] >= sum(s.weights.size + 4 * 256 * s.weights.shape[0] for s in spec.stages)
+    photos = [str(sample_photo("astronaut.png")), str(sample_photo("rocket.jpg"))]
+    assert main(["firmware", "run", str(out), *photos]) == 0
+    assert capsys.readouterr().out.count("exact, container bytes identical") == 2
+
+
+def test_verify_c_backend(exported):
+    from otterlite.verify import verify
+
+    report = verify(exported, backends=["c"], say=lambda line: None, with_fidelity=False)
+    assert [(r.model, r.status) for r in report.results] == [("frappe-encoder", "exact")]
+
+
+def ppm_cases(rgb):
+    good = f"P6\n{rgb.shape[1]} {rgb.shape[0]}\n255\n".encode() + rgb.tobytes()
+    return {
+        "not-ppm": b"P3\n64 64\n255\n" + rgb.tobytes(),
+        "truncated": good[:-100],
+        "16-bit": good.replace(b"\n255\n", b"\n65535\n", 1),
+        "too-small": b"P6\n8 8\n255\n" + bytes(8 * 8 * 3),
+        "no-size": b"P6\nxx yy\n255\n",
+        "empty": b"",
+    }
+
+
+def test_harness_refuses_malformed_ppm_without_output(built, tmp_path, photo):
+    _, binary, sanitized = built
+    for name, data in ppm_cases(np.ascontiguousarray(photo[:64, :64])).items():
+        (tmp_path / "in.ppm").write_bytes(data)
+        for b in (binary, sanitized):
+            for extra in ([], ["--container"]):
+                done = subprocess.run([str(b), *extra, "in.ppm", "out.bin"], cwd=tmp_path, capture_output=True,
+                                      text=True)
+                assert done.returncode != 0 and "otl_host:" in done.stderr, (name, done.stderr)
+                assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ppm"], name
+
+
+def test_bad_input_messages(exported, tmp_path, capsys, monkeypatch):
+    assert main(["firmware", str(exported), "--target", "pdp-11", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "pdp-11" in err and "cortex-m4" in err and "rpi4" in err
+    assert not (tmp_path / "x").exists()
+    assert main(["firmware", str(exported / "seaotter-inverse.spec"), "-o", str(tmp_path / "x")]) == 2
+    assert "not a FRAPPE encoder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(OtterliteError, match="no C compiler found"):
+        build_host(generate(load_encoder_spec(exported), tmp_path / "y"))
+    assert main(["firmware", "run", str(tmp_path / "y"), str(sample_photo("astronaut.png"))]) == 2
+    assert "no C compiler found" in capsys.readouterr().err
