@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from otterlite.errors import OtterliteError
+from otterlite.firmware_sim.cross import CROSS
 
 
 def module(name: str, install: str) -> Callable[[], str | None]:
@@ -80,24 +81,37 @@ def load_numpy_streaming(path: Path, spec):
     return run
 
 
-def load_c(path: Path, spec):
-    """The generated C99 encoder, built with the host compiler (sources in a temporary folder
-    that lives as long as the runner)."""
-    from otterlite.firmware_sim import build_host, encode_c, generate
+def c_loader(cross_target: str | None):
+    """The generated C99 encoder built with the host compiler (cross_target None) or cross-built
+    and run under QEMU; sources in a temporary folder that lives as long as the runner."""
+    def load(path: Path, spec):
+        from otterlite.firmware_sim import cross, generate, host
 
-    folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
-    binary = build_host(generate(spec, Path(folder.name) / "src"))
+        folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
+        sources = generate(spec, Path(folder.name) / "src")
+        if cross_target is None:
+            binary = host.build_host(sources)
+            harness = lambda rgb: host.run_harness([str(binary)], rgb)  # noqa: E731
+        else:
+            target = cross.CROSS[cross_target]
+            binary = cross.build_cross(sources, target)
+            harness = lambda rgb: cross.run_cross(target, binary, rgb)  # noqa: E731
 
-    def run(x):
-        return [z[None] for z in encode_c(binary, spec, x[0].transpose(1, 2, 0))]
-    run.folder = folder
-    return run
+        def run(x):
+            rgb = np.ascontiguousarray(x[0].transpose(1, 2, 0))
+            latents = host.split_latents(harness(rgb), host.latent_shapes(spec, *rgb.shape[:2]))
+            return [z[None] for z in latents]
+        run.folder = folder
+        return run
+    return load
 
 
-def c_compiler_ready() -> str | None:
-    from otterlite.firmware_sim import compiler_missing
+def c_ready(cross_target: str | None) -> Callable[[], str | None]:
+    def missing():
+        from otterlite.firmware_sim import cross, host
 
-    return compiler_missing()
+        return host.compiler_missing() if cross_target is None else cross.missing(cross.CROSS[cross_target])
+    return missing
 
 
 def onnxruntime_loader(level: str, threads: int):
@@ -202,8 +216,11 @@ BACKENDS: dict[str, Backend] = {
     "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
     "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame, ("frappe-encoder", "seaotter-inverse")),
     "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
-    "c": Backend("c", "spec", c_compiler_ready, load_c, ("frappe-encoder",)),
+    "c": Backend("c", "spec", c_ready(None), c_loader(None), ("frappe-encoder",)),
 }
+for _target in CROSS:
+    BACKENDS[f"qemu-{_target}"] = Backend(f"qemu-{_target}", "spec", c_ready(_target), c_loader(_target),
+                                          ("frappe-encoder",))
 for _short, _level in ORT_LEVELS.items():
     for _threads in (1, 2):
         _name = f"ort-{_short}-t{_threads}"

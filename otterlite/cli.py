@@ -18,6 +18,7 @@ EPILOG = """examples:
   otterlite info models/frappe-encoder.tflite
   otterlite bench --json bench.json
   otterlite setup tflite-runtime
+  otterlite setup toolchains
   otterlite firmware models/ --target cortex-m4 -o fw/
   otterlite firmware run fw/ photo.png
 checkpoints: 'default' (embedded), a directory with config.json + safetensors, or
@@ -125,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--sanitize", action="store_true", help="build with -fsanitize=address,undefined")
 
-    p = sub.add_parser("setup", help="create an isolated environment for a backend that needs one",
-                       epilog="example: otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; "
-                              "location: $OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)")
-    p.add_argument("what", choices=["tflite-runtime"])
+    p = sub.add_parser("setup", help="install what a backend needs outside pip",
+                       epilog="examples:\n  otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; location: "
+                              "$OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)\n"
+                              "  otterlite setup toolchains       (apt-get: ARM cross compilers and QEMU for the "
+                              "qemu-* backends)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["tflite-runtime", "toolchains"])
     return parser
 
 
@@ -189,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
         from otterlite.firmware_sim import run_firmware
 
         return 0 if run_firmware(args.folder, args.images, args.sanitize) else 1
+    elif args.command == "setup" and args.what == "toolchains":
+        from otterlite.firmware_sim.cross import setup_toolchains
+
+        setup_toolchains()
     elif args.command == "setup":
         from otterlite import tflite_runtime_env
 

@@ -1,7 +1,9 @@
 """Firmware simulation: the generated C99 encoder, built with the host compiler (also with
 sanitizers), bit-exact with the PyTorch integer reference, writing the same container bytes,
 refusing bad input, and its resource report."""
+import dataclasses
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -12,7 +14,7 @@ from otterlite.cli import main
 from otterlite.container import LatentFrame, write_container
 from otterlite.errors import OtterliteError
 from otterlite.export import export
-from otterlite.firmware_sim import build_host, encode_c, generate, host
+from otterlite.firmware_sim import build_host, cross, encode_c, generate, host
 from otterlite.firmware_sim.report import frame_work
 from otterlite.firmware_sim.workflow import reference_latents
 from otterlite.images import sample_photo
@@ -142,3 +144,99 @@ def test_bad_input_messages(exported, tmp_path, capsys, monkeypatch):
         build_host(generate(load_encoder_spec(exported), tmp_path / "y"))
     assert main(["firmware", "run", str(tmp_path / "y"), str(sample_photo("astronaut.png"))]) == 2
     assert "no C compiler found" in capsys.readouterr().err
+
+
+# --- cross builds under QEMU (firmware_sim.cross) ---------------------------------------
+
+def require_cross(name):
+    from test_export_verify import require
+
+    require(f"qemu-{name}")
+    return cross.CROSS[name]
+
+
+def test_make_cross_builds_the_contract_binaries(built, tmp_path, photo):
+    """`make -C OUT cross` builds every cross binary; the Cortex-M ELF under QEMU (semihosting
+    arguments IN.ppm OUT.bin) and otl_aarch64 under qemu-user write otl_host's bytes."""
+    spec, binary, _ = built
+    for name in cross.CROSS:
+        require_cross(name)
+    folder = generate(spec, tmp_path / "src")
+    done = subprocess.run(["make", "-C", str(folder), "cross"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rgb = np.ascontiguousarray(photo[:150, :200])
+    want = host.run_harness([str(binary)], rgb)
+    m4, a64 = cross.CROSS["cortex-m4"], cross.CROSS["aarch64"]
+    qemu_m4 = ["qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4", "-display", "none", "-serial", "none",
+               "-monitor", "none", "-kernel", str(folder / "otl_cortex-m4.elf"), "-semihosting-config"]
+    assert host.run_harness(lambda args: [*qemu_m4, "enable=on,target=native,arg=otl," +
+                                          ",".join(f"arg={a}" for a in args)], rgb) == want
+    assert host.run_harness(["qemu-aarch64", "-cpu", "cortex-a72", str(folder / "otl_aarch64")], rgb) == want
+    assert host.run_harness(["qemu-aarch64", "-cpu", "cortex-a72", str(folder / "otl_aarch64")], rgb,
+                            container=True) == host.run_harness([str(binary)], rgb, container=True)
+    for t in (m4, a64):
+        assert cross.section_sizes(t, folder / t.binary_name)["text"] > 0
+
+
+def test_cortex_m_harness_refuses_malformed_ppm(built, tmp_path, photo):
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    elf = cross.build_cross(generate(spec, tmp_path / "src"), m4)
+    for name, data in ppm_cases(np.ascontiguousarray(photo[:64, :64])).items():
+        work = tmp_path / name
+        work.mkdir()
+        (work / "in.ppm").write_bytes(data)
+        done = subprocess.run(cross.emulator_command(m4, elf, ["in.ppm", "out.bin"]), cwd=work, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 1 and "otl:" in done.stdout + done.stderr, (name, done.stdout, done.stderr)
+        assert sorted(p.name for p in work.iterdir()) == ["in.ppm"], name
+
+
+def test_model_too_large_for_the_part_is_a_one_line_error(built, tmp_path):
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    tiny = dataclasses.replace(m4, flash=(m4.flash[0], 16 * 1024), ram=(m4.ram[0], 8 * 1024))
+    folder = generate(spec, tmp_path / "src")
+    (folder / "cortex-m4.ld").write_text(cross.linker_script(tiny))
+    with pytest.raises(OtterliteError) as err:
+        cross.build_cross(folder, tiny)
+    message = str(err.value)
+    assert "\n" not in message and "does not fit" in message
+    assert re.search(r"FLASH overflowed by \d+ bytes \(the part has 16384\)", message)
+    assert re.search(r"RAM overflowed by \d+ bytes \(the part has 8192\)", message)
+
+
+def test_default_encoder_fits_the_cortex_m4_part(built, tmp_path):
+    """The 12-channel encoder links with the real 512 KB flash / 128 KB RAM of the part."""
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    assert spec.stages[-1].channels[1] == 12 and m4.flash[1] == 512 * 1024 and m4.ram[1] == 128 * 1024
+    elf = cross.build_cross(generate(spec, tmp_path / "src"), m4)
+    sizes = cross.section_sizes(m4, elf)
+    assert sizes["text"] + sizes["data"] <= m4.flash[1] and sizes["data"] + sizes["bss"] <= m4.ram[1]
+
+
+def test_hung_emulator_and_missing_toolchain(built, tmp_path, photo, monkeypatch):
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    elf = cross.build_cross(generate(spec, tmp_path / "src"), m4)
+    with pytest.raises(OtterliteError, match="no exit after"):
+        cross.run_cross(m4, elf, np.ascontiguousarray(photo), timeout=0.01)
+    monkeypatch.setattr(cross.shutil, "which", lambda tool: None)
+    with pytest.raises(OtterliteError, match="gcc-arm-none-eabi"):
+        cross.build_cross(tmp_path / "src", m4)
+    from otterlite.backends import BACKENDS
+
+    assert "apt-get install gcc-aarch64-linux-gnu" in BACKENDS["qemu-aarch64"].missing()
+
+
+def test_instruction_counts_are_repeatable_and_scale_with_pixels(built, tmp_path, photo):
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    elf = cross.build_cross(generate(spec, tmp_path / "src"), m4)
+    plugin = cross.build_plugin(tmp_path)
+    small, big = np.ascontiguousarray(photo[:64, :128]), np.ascontiguousarray(photo[:128, :128])
+    a, b = (cross.count_instructions(m4, elf, small, plugin) for _ in range(2))
+    c = cross.count_instructions(m4, elf, big, plugin)
+    assert a == b and 0 < a["encoder"] < a["program"]
+    assert 1.9 < c["encoder"] / a["encoder"] < 2.1  # twice the rows, twice the encoder work

@@ -77,20 +77,21 @@ def split_latents(raw: bytes, shapes: list[tuple[int, int, int]]) -> list[np.nda
     return out
 
 
-def run_harness(command: list[str], rgb: np.ndarray, container: bool = False,
-                timeout: float = RUN_TIMEOUT_S) -> bytes:
-    """Run a harness command (its last two arguments IN.ppm OUT appended) in a scratch folder
-    on an (H, W, 3) uint8 image; returns the output bytes."""
+def run_harness(command, rgb: np.ndarray, container: bool = False, timeout: float = RUN_TIMEOUT_S) -> bytes:
+    """Run a harness in a scratch folder on an (H, W, 3) uint8 image; returns the output
+    bytes. command: a list the arguments ([--container] in.ppm out.bin) are appended to, or
+    a function of the arguments returning the full command (e.g. under an emulator)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_ppm(Path(tmp) / "in.ppm", rgb)
-        args = [*command, *(["--container"] if container else []), "in.ppm", "out.bin"]
+        harness_args = [*(["--container"] if container else []), "in.ppm", "out.bin"]
+        args = command(harness_args) if callable(command) else [*command, *harness_args]
         try:
             done = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise OtterliteError(f"{' '.join(command)}: no exit after {timeout:.0f} s (hung); stopped") from None
+            raise OtterliteError(f"{' '.join(args)}: no exit after {timeout:g} s (hung?); stopped") from None
         out = Path(tmp) / "out.bin"
         if done.returncode or not out.is_file():
-            raise OtterliteError(f"{' '.join(command)} failed (exit {done.returncode}): "
+            raise OtterliteError(f"{' '.join(args)} failed (exit {done.returncode}): "
                                  f"{(done.stderr or done.stdout).strip()[:500]}")
         return out.read_bytes()
 

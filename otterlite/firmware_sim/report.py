@@ -128,6 +128,48 @@ def host_throughput(binary: Path, frames: int = 5) -> dict:
     return out
 
 
+ESTIMATED_AS = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7", "aarch64": "rpi4"}  # cross -> TARGETS
+
+
+def measured_on_cpus(spec, folder: Path, say=print) -> dict:
+    """Per cross target (cross.py): link sizes, executed instructions per frame under QEMU
+    (encoder functions alone, and the whole program with PPM reading and output), and
+    cycles / fps from the stated CPI; or why not."""
+    from otterlite.bench import photo
+    from otterlite.firmware_sim import cross
+    from otterlite.firmware_sim.targets import TARGETS
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        plugin = None
+        for target in cross.CROSS.values():
+            reason = cross.missing(target)
+            if reason:
+                out[target.name] = {"measured": False, "reason": reason}
+                continue
+            say(f"cross-building for {target.name} and counting instructions under QEMU")
+            plugin = plugin or cross.build_plugin(Path(tmp))
+            binary = cross.build_cross(folder, target)
+            entry = {"measured": True, "description": target.description, "clock_mhz": target.clock_mhz,
+                     "cpi": target.cpi, "cpi_basis": target.cpi_basis, **cross.section_sizes(target, binary),
+                     "frames": {}}
+            if target.bare_metal:
+                entry["part_flash_bytes"], entry["part_ram_bytes"] = target.flash[1], target.ram[1]
+            for height, width in FRAME_SIZES:
+                work = frame_work(spec, height, width)
+                counts = cross.count_instructions(target, binary, photo(height, width), plugin)
+                cyc = counts["encoder"] * target.cpi
+                frame = {"instructions": counts["encoder"], "program_instructions": counts["program"],
+                         "instructions_per_mac": counts["encoder"] / work["macs"], "cycles": cyc,
+                         "fps": target.clock_mhz * 1e6 / cyc}
+                if target.name in ESTIMATED_AS:
+                    model = TARGETS[ESTIMATED_AS[target.name]]
+                    frame["estimated_fps"] = model.clock_mhz * 1e6 / cycles(model, work)
+                entry["frames"][f"{width}x{height}"] = frame
+            out[target.name] = entry
+    return out
+
+
 def resource_report(spec, folder: str | Path, targets: list[Target], binary: Path, say=print) -> dict:
     folder = Path(folder)
     report = {"model": {"n_ch": spec.stages[-1].channels[1], "groups": [[s.stride, *s.channels] for s in spec.stages],
@@ -153,6 +195,7 @@ def resource_report(spec, folder: str | Path, targets: list[Target], binary: Pat
             entry["frames"][size] = {"cycles": c, "fps": target.clock_mhz * 1e6 / c, "ram_bytes": ram,
                                      "fits": ram <= target.ram_bytes and (flash is None or flash <= target.flash_bytes)}
         report["targets"][target.name] = entry
+    report["cpus"] = measured_on_cpus(spec, folder, say)
     say("measuring the host build")
     report["host"] = host_throughput(binary)
     return report
@@ -189,10 +232,28 @@ def format_report(report: dict) -> list[str]:
     for name, t in zip(names, targets):
         if not t["build"]["measured"]:
             lines.append(f"{name}: sizes not measured: {t['build']['reason']}")
+    lines += format_cpus(report["cpus"])
     h = report["host"]
     lines.append(f"host C (-O2, 1 thread, {h['size']}): {h['c_mpx_s']:.1f} MPx/s"
                  + (f", torch float {h['torch_float_mpx_s']:.1f} MPx/s = {h['vs_torch_float']:.2f}x"
                     if "vs_torch_float" in h else ""))
+    return lines
+
+
+def format_cpus(cpus: dict) -> list[str]:
+    lines = ["measured on emulated CPUs (QEMU; cycles = encoder instructions x stated CPI):"]
+    for name, c in cpus.items():
+        if not c["measured"]:
+            lines.append(f"  {name}: not installed: {c['reason']}")
+            continue
+        part = (f", links into {c['part_flash_bytes'] // 1024} KB flash / {c['part_ram_bytes'] // 1024} KB RAM"
+                if "part_flash_bytes" in c else "")
+        lines.append(f"  {name}: text {c['text']} B, data {c['data']} B, bss {c['bss']} B{part}; CPI {c['cpi']} "
+                     f"at {c['clock_mhz']:g} MHz")
+        for size, f in c["frames"].items():
+            estimate = f", cost-model estimate {f['estimated_fps']:.2f} fps" if "estimated_fps" in f else ""
+            lines.append(f"    {size}: {f['instructions'] / 1e6:.1f} M instructions ({f['instructions_per_mac']:.2f} "
+                         f"per MAC; whole program {f['program_instructions'] / 1e6:.1f} M), {f['fps']:.2f} fps{estimate}")
     return lines
 
 
