@@ -53,9 +53,10 @@ clean:
 """
 
 
-def weight_type(spec: ThresholdConvSpec) -> str:
+def check_weight_bits(spec: ThresholdConvSpec) -> None:
     bits = max(s.weight_bits for s in spec.stages)
-    return "int8_t" if bits <= 8 else "int16_t"
+    if bits > 16:
+        raise OtterliteError(f"encoder weights need {bits} bits; the C encoder holds 16 (export with --weight-bits 12 or less)")
 
 
 def c_array(values: np.ndarray, per_line: int = 16) -> str:
@@ -92,7 +93,7 @@ def model_header(spec: ThresholdConvSpec) -> str:
 #define OTL_MCU_MAX_WIDTH {MCU_MAX_WIDTH}
 #define OTL_MCU_WORK_BYTES {mcu_work_bytes(spec)}  /* otl_work_bytes(OTL_MCU_MAX_WIDTH, h, 0) */
 
-typedef {weight_type(spec)} otl_weight_t;
+typedef int16_t otl_weight_t;  /* 8- to 16-bit weights, held in 16 bits for 16-bit multiply-adds */
 
 #endif
 """
@@ -140,6 +141,7 @@ def generate(spec: ThresholdConvSpec, out: str | Path) -> Path:
     """Write the C sources, Makefile and the spec they encode to `out` (replaced as a whole,
     never half written)."""
     check_encoder_spec(spec)
+    check_weight_bits(spec)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "otl_model.h").exists())):
         raise OtterliteError(f"{out} exists and is not a folder written by 'otterlite firmware'; choose another -o")
@@ -161,5 +163,5 @@ def generate(spec: ThresholdConvSpec, out: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return out.resolve()
 

@@ -135,7 +135,7 @@ def build_cross(folder: str | Path, target: CrossTarget) -> Path:
             raise OtterliteError(f"the model does not fit {target.description}: " + "; ".join(
                 f"{region} overflowed by {int(n)} bytes (the part has {sizes[region]})" for region, n in overflow))
         raise OtterliteError(f"building for {target.name} failed:\n{done.stderr.strip()[:2000]}")
-    return folder / target.binary_name
+    return (folder / target.binary_name).resolve()
 
 
 def emulator_command(target: CrossTarget, binary: Path, args: list[str], plugin: list[str] = ()) -> list[str]:

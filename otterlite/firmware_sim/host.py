@@ -51,7 +51,7 @@ def build_host(folder: str | Path, sanitize: bool = False) -> Path:
                           capture_output=True, text=True)
     if done.returncode:
         raise OtterliteError(f"compiling {folder} failed:\n{done.stderr.strip()}")
-    return binary
+    return binary.resolve()
 
 
 def write_ppm(path: Path, rgb: np.ndarray) -> None:
@@ -98,7 +98,7 @@ def run_harness(command, rgb: np.ndarray, container: bool = False, timeout: floa
 
 def encode_c(binary: str | Path, spec, rgb: np.ndarray) -> list[np.ndarray]:
     """Latents of an (H, W, 3) uint8 image from a built harness, per group (C, H, W) int8."""
-    raw = run_harness([str(Path(binary).resolve())], rgb)
+    raw = run_harness([str(binary)], rgb)
     return split_latents(raw, latent_shapes(spec, *rgb.shape[:2]))
 
 
@@ -106,7 +106,7 @@ def bench_c(binary: str | Path, rgb: np.ndarray, frames: int = 5) -> float:
     """MPx/s of the compiled encoder on this image (rows from memory, one thread)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_ppm(Path(tmp) / "in.ppm", rgb)
-        done = subprocess.run([str(Path(binary).resolve()), "--bench", str(frames), "in.ppm"], cwd=tmp,
+        done = subprocess.run([str(binary), "--bench", str(frames), "in.ppm"], cwd=tmp,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     if done.returncode:
         raise OtterliteError(f"{binary} --bench failed: {done.stderr.strip()}")

@@ -3,8 +3,8 @@
  *
  * For scale group g (patch k, C channels, w = padded_width / k patch columns) and row
  * r = k*i + u of the padded frame:
- *   acc[g][c][j] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; int32,
- *                   exact: the freeze step proved |acc| < 2^31)
+ *   acc[g][c][j] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; 16-bit
+ *                   weights, int32 sums, exact: the freeze step proved |acc| < 2^31)
  * after the row with u = k - 1 the patch row i is complete:
  *   latent[c][j]  = OTL_BASE + #{n : acc[g][c][j] >= T_g[c][n]}       (no rounding at run time)
  * and acc[g] is cleared. T is padded to 256 entries with INT32_MAX, so an 8-step binary
