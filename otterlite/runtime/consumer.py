@@ -64,9 +64,8 @@ class ConsumerDecoder:
         w, h = image.size
         if self.table is None:
             return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
-        codes = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32).copy()
-        codes &= 0xFFFFFF  # little-endian: code = z0 | z1 << 8 | z2 << 16
-        return self._lookup(codes, h, w)
+        codes = np.bitwise_and(np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32), 0xFFFFFF)
+        return self._lookup(codes, h, w)  # little-endian: code = z0 | z1 << 8 | z2 << 16
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
@@ -77,4 +76,4 @@ class ConsumerDecoder:
 
     def _lookup(self, codes: np.ndarray, h: int, w: int) -> np.ndarray:
         """Packed codes -> (H, W, 3) uint8 RGB, unpacking the table's r | g << 8 | b << 16."""
-        return self.table[codes].view(np.uint8).reshape(h, w, 4)[..., :3]
+        return np.take(self.table, codes).view(np.uint8).reshape(h, w, 4)[..., :3]
