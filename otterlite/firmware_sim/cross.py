@@ -22,8 +22,8 @@ KB = 1024
 FAULT_EXIT = 70  # otl_startup.c exits with this on any fault
 MCU_SOURCES = (*LIBRARY, "otl_semihost.c", "otl_startup.c")
 LINUX_SOURCES = (*LIBRARY, "otl_host.c")
-ENCODER_FUNCTIONS = ("otl_state_bytes", "otl_init", "otl_push_row", "count_thresholds", "dot", "accumulate",
-                     "emit_complete", "round_up")  # otl_encoder.c: the range the plugin counts in
+ENCODER_FUNCTIONS = ("otl_state_bytes", "otl_init", "otl_push_row", "count_thresholds", "dot", "dot_n", "widen_patch",
+                     "accumulate", "emit_complete", "round_up")  # otl_encoder.c: the range the plugin counts in
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,10 @@ def resource_report(spec, folder: str | Path, targets: list[Target], binary: Pat
     return report
 
 
+def kb(n: int) -> str:
+    return f"{n // 1024} KB" if n < 2 ** 20 else f"{n // 2 ** 20} MB"
+
+
 def format_report(report: dict) -> list[str]:
     names = list(report["targets"])
     rows = [("", names)]
@@ -217,7 +221,7 @@ def format_report(report: dict) -> list[str]:
         rows.append((label, [str(v) for v in values]))
     targets = [report["targets"][n] for n in names]
     row("clock MHz", [t["clock_mhz"] for t in targets])
-    row("flash / RAM of the part", [f"{t['flash_bytes'] // 1024} KB / {t['ram_bytes'] // 1024} KB" for t in targets])
+    row("flash / RAM of the part", [f"{kb(t['flash_bytes'])} / {kb(t['ram_bytes'])}" for t in targets])
     row("code bytes (measured)", [t["build"]["code"] if t["build"]["measured"] else "-" for t in targets])
     row("constants bytes", [t["build"]["constants"] if t["build"]["measured"] else "-" for t in targets])
     row("stack bytes (upper bound)", [t["build"]["stack"] if t["build"]["measured"] else "-" for t in targets])
