@@ -239,3 +239,20 @@ def test_instruction_counts_are_repeatable_and_scale_with_pixels(built, tmp_path
     c = cross.count_instructions(m4, elf, big, plugin)
     assert a == b and 0 < a["encoder"] < a["program"]
     assert 1.9 < c["encoder"] / a["encoder"] < 2.1  # twice the rows, twice the encoder work
+
+
+def test_a_fault_on_the_cortex_m_is_reported_as_a_fault(built, tmp_path, photo):
+    """An undefined instruction in place of the harness: the start-up's fault handler exits
+    with its fault code, and run_cross says the program faulted."""
+    spec, _, _ = built
+    m4 = require_cross("cortex-m4")
+    folder = generate(spec, tmp_path / "src")
+    (folder / "fault.c").write_text("int main(void) { __asm__ volatile(\"udf #0\"); return 0; }\n")
+    flags = [*m4.cflags, "-std=c99", "-c"]
+    subprocess.run([m4.compiler, *flags, "fault.c", "-o", "fault.o"], cwd=folder, check=True)
+    subprocess.run([m4.compiler, *flags, "-Dmain=harness_main", "otl_semihost.c", "-o", "semihost.o"], cwd=folder,
+                   check=True)
+    subprocess.run([m4.compiler, *m4.cflags, "-Wl,--gc-sections", "-Tcortex-m4.ld", "-o", "fault.elf", "fault.o",
+                    "semihost.o", "otl_startup.c", *cross.LIBRARY, "-lc", "-lgcc"], cwd=folder, check=True)
+    with pytest.raises(OtterliteError, match="faulted under QEMU"):
+        cross.run_cross(m4, folder / "fault.elf", np.ascontiguousarray(photo[:64, :64]))
