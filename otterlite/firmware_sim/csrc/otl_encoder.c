@@ -3,6 +3,10 @@
 
 #include "otl_encoder.h"
 
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+#endif
+
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
 size_t otl_state_bytes(int width) {
@@ -46,6 +50,23 @@ static int8_t count_thresholds(int32_t a, const int32_t *t) {
     return (int8_t)(OTL_BASE + n);
 }
 
+#if defined(__ARM_FEATURE_SIMD32)
+/* Arm DSP variant of dot(): SMLAD adds two 16 x 16-bit products per instruction (x and w
+ * read as 16-bit pairs; the running sum stays below 2^31, as in the portable version). Kept
+ * out of line so that its loop has the registers to itself. */
+__attribute__((noinline)) static int32_t dot(const int16_t *x, const otl_weight_t *w, int n) {
+    const int16_t *end = x + (n & ~1);
+    int32_t s = 0;
+    for (; x < end; x += 2, w += 2) {
+        int16x2_t xx, ww;
+        __builtin_memcpy(&xx, x, sizeof(xx));  /* one LDR (freestanding builds do not inline memcpy) */
+        __builtin_memcpy(&ww, w, sizeof(ww));
+        s = __smlad(xx, ww, s);
+    }
+    if (n & 1) s += x[0] * w[0];
+    return s;
+}
+#else
 static int32_t dot_n(const int16_t *x, const otl_weight_t *w, int n) {
     int32_t s = 0;
     int t;
@@ -63,6 +84,7 @@ static int32_t dot(const int16_t *x, const otl_weight_t *w, int n) {
         default: return dot_n(x, w, n);
     }
 }
+#endif
 
 /* Patch j's pixels of this row widened to 16 bits; a patch reaching past the real width
  * repeats the last pixel (edge replication). */
