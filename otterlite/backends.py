@@ -81,6 +81,19 @@ def load_numpy_streaming(path: Path, spec):
     return run
 
 
+def load_c_library(path: Path, spec):
+    """The generated C99 encoder as a shared library called in process (ctypes)."""
+    from otterlite.firmware_sim import generate, host
+
+    folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
+    encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
+
+    def run(x):
+        return [z[None] for z in encoder.encode(x[0].transpose(1, 2, 0))]
+    run.folder = folder
+    return run
+
+
 def c_loader(cross_target: str | None):
     """The generated C99 encoder built with the host compiler (cross_target None) or cross-built
     and run under QEMU; sources in a temporary folder that lives as long as the runner."""
@@ -217,6 +230,7 @@ BACKENDS: dict[str, Backend] = {
     "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame, ("frappe-encoder", "seaotter-inverse")),
     "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
     "c": Backend("c", "spec", c_ready(None), c_loader(None), ("frappe-encoder",)),
+    "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, ("frappe-encoder",)),
 }
 for _target in CROSS:
     BACKENDS[f"qemu-{_target}"] = Backend(f"qemu-{_target}", "spec", c_ready(_target), c_loader(_target),

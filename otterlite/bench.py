@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = ((512, 512), (1088, 1920))
-ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c")
+ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
 
 
 def best_time(fn, repeats: int) -> float:

@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output .otl file")
     p.add_argument("--n-ch", type=int, default=None, help="latent channels 1..n_trained (default: n_trained)")
-    p.add_argument("--runtime", default="numpy", choices=["numpy", "onnx", "tflite", "torch", "float"],
+    p.add_argument("--runtime", default="numpy", choices=["numpy", "onnx", "tflite", "torch", "c", "float"],
                    help="engine: numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
-                        "reference) all write identical bytes; float = the research float model")
+                        "reference), c (the generated C, compiled on the fly) all write identical bytes; "
+                        "float = the research float model")
     p.add_argument("--models", default=None, metavar="DIR",
                    help="use DIR/frappe-encoder.spec from 'otterlite export' instead of freezing --checkpoint")
     add_checkpoint_args(p)

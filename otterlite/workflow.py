@@ -98,7 +98,7 @@ class Stage:
         return 8 * self.size / self.pixels
 
 
-RUNTIMES = {"numpy": "numpy-streaming", "onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int"}
+RUNTIMES = {"numpy": "numpy-streaming", "onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int", "c": "c-lib"}
 
 
 def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
@@ -128,7 +128,7 @@ def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
 
 def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = None, n_ch: int | None = None,
                 cache_dir: str | None = None, runtime: str = "numpy", models: str | None = None) -> Stage:
-    """runtime: numpy | onnx | tflite | torch (the integer spec: identical bytes), or float (the
+    """runtime: numpy | onnx | tflite | torch | c (the integer spec: identical bytes), or float (the
     research float model, which differs from the deployed encoder in about 1% of latents by 1).
     models: an export DIR whose frappe-encoder.spec is used (numpy alone suffices); otherwise
     the checkpoint is frozen here (needs torch)."""

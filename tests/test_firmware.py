@@ -38,6 +38,21 @@ def built(exported, tmp_path_factory):
     return spec, build_host(folder), build_host(folder, sanitize=True)
 
 
+_libraries = {}
+
+
+def library_encoder(spec, folder):
+    if folder not in _libraries:
+        _libraries[folder] = host.LibraryEncoder(host.build_library(folder), spec)
+    return _libraries[folder]
+
+
+def test_library_refuses_a_frame_smaller_than_a_patch(built, photo):
+    spec, binary, _ = built
+    with pytest.raises(OtterliteError, match="at least the largest patch"):
+        library_encoder(spec, binary.parent).encode(np.ascontiguousarray(photo[:16, :64]))
+
+
 def frame_of(spec, rgb, latents):
     return LatentFrame(spec.source_sha256, rgb.shape[1], rgb.shape[0], [tuple(g) for g in spec.info["groups"]], latents)
 
@@ -52,6 +67,8 @@ def test_c_matches_reference_and_writes_the_same_container(built, photo, size):
         for a, z in zip(want, encode_c(b, spec, rgb)):
             np.testing.assert_array_equal(a, z)
         assert host.run_harness([str(b)], rgb, container=True) == write_container(frame_of(spec, rgb, want))
+    for a, z in zip(want, library_encoder(spec, binary.parent).encode(rgb)):  # in process, through ctypes
+        np.testing.assert_array_equal(a, z)
 
 
 def test_sanitized_build_is_clean_on_the_adversarial_set(built):

@@ -114,7 +114,7 @@ def test_encode_runtimes_write_identical_bytes(specs, tmp_path):
     out, _, _ = specs
     image = sample_photo("coffee.png")
     written = {}
-    for runtime in ("numpy", "onnx", "tflite", "torch"):
+    for runtime in ("numpy", "onnx", "tflite", "torch", "c"):
         assert main(["encode", str(image), "-o", str(tmp_path / f"{runtime}.otl"), "--runtime", runtime]) == 0
         written[runtime] = (tmp_path / f"{runtime}.otl").read_bytes()
     assert main(["encode", str(image), "-o", str(tmp_path / "m.otl"), "--models", str(out)]) == 0

@@ -30,6 +30,7 @@ MAKEFILE = """\
 #   make             -> otl_host, built with any C99 compiler:
 #                       otl_host IN.ppm OUT.bin | --container IN.ppm OUT.otl | --bench N IN.ppm
 #   make sanitize    -> otl_host_sanitize (address + undefined-behaviour sanitizers)
+#   make libotl.so   -> the encoder as a shared library (otl_encode_raw: RGB in memory -> raw latents)
 #   make cross       -> {cross_outputs}
 #                       (Cortex-M: semihosting arguments IN.ppm OUT.bin; Linux: as otl_host)
 CC ?= cc
@@ -44,10 +45,13 @@ otl_host_sanitize: $(LIB) otl_host.c *.h
 
 sanitize: otl_host_sanitize
 
+libotl.so: $(LIB) *.h
+\t$(CC) $(CFLAGS) -shared -fPIC -o $@ $(LIB)
+
 cross: {cross_outputs}
 {cross_rules}
 clean:
-\trm -f otl_host otl_host_sanitize {cross_outputs}
+\trm -f otl_host otl_host_sanitize libotl.so {cross_outputs}
 
 .PHONY: sanitize cross clean
 """

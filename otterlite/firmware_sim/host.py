@@ -54,6 +54,46 @@ def build_host(folder: str | Path, sanitize: bool = False) -> Path:
     return binary.resolve()
 
 
+def build_library(folder: str | Path) -> Path:
+    """Compile `folder`'s encoder library into folder/libotl.so, for in-process use."""
+    folder = Path(folder)
+    reason = compiler_missing()
+    if reason:
+        raise OtterliteError(reason)
+    done = subprocess.run([find_compiler(), *HOST_CFLAGS, "-shared", "-fPIC", "-o", "libotl.so", *LIBRARY], cwd=folder,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise OtterliteError(f"compiling {folder} failed:\n{done.stderr.strip()}")
+    return (folder / "libotl.so").resolve()
+
+
+class LibraryEncoder:
+    """The compiled encoder called in process (ctypes): rows straight from numpy memory,
+    raw latents into a numpy buffer, through otl_encode_raw."""
+
+    def __init__(self, library: str | Path, spec):
+        import ctypes
+
+        self.spec = spec
+        self.lib = ctypes.CDLL(str(library))
+        size_t, c_int, ptr = ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p
+        self.lib.otl_work_bytes.restype, self.lib.otl_work_bytes.argtypes = size_t, (c_int, c_int, c_int)
+        self.lib.otl_latent_bytes.restype, self.lib.otl_latent_bytes.argtypes = size_t, (c_int, c_int)
+        self.lib.otl_encode_raw.restype = ctypes.c_char_p
+        self.lib.otl_encode_raw.argtypes = (ptr, c_int, c_int, ptr, size_t, ptr, size_t)
+
+    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """(H, W, 3) uint8 -> per group (C, H, W) int8 latents of the edge-padded frame."""
+        rgb = np.ascontiguousarray(rgb, np.uint8)
+        h, w = rgb.shape[:2]
+        out = np.empty(self.lib.otl_latent_bytes(w, h), np.uint8)
+        work = np.empty(self.lib.otl_work_bytes(w, h, 0), np.uint8)  # numpy aligns to 16 bytes
+        error = self.lib.otl_encode_raw(rgb.ctypes.data, w, h, out.ctypes.data, out.size, work.ctypes.data, work.size)
+        if error:
+            raise OtterliteError(f"C encoder: {error.decode()}")
+        return split_latents(out.tobytes(), latent_shapes(self.spec, h, w))
+
+
 def write_ppm(path: Path, rgb: np.ndarray) -> None:
     h, w = rgb.shape[:2]
     path.write_bytes(f"P6\n{w} {h}\n255\n".encode() + np.ascontiguousarray(rgb, np.uint8).tobytes())

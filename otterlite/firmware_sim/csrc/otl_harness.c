@@ -48,7 +48,7 @@ const char *otl_read_ppm_header(const otl_files *io, int *width, int *height) {
 
 static size_t align4(size_t n) { return (n + 3u) & ~(size_t)3u; }
 
-static size_t latent_count(int width, int height) {
+size_t otl_latent_bytes(int width, int height) {
     const int pw = (width + OTL_LARGEST_PATCH - 1) / OTL_LARGEST_PATCH * OTL_LARGEST_PATCH;
     const int ph = (height + OTL_LARGEST_PATCH - 1) / OTL_LARGEST_PATCH * OTL_LARGEST_PATCH;
     size_t n = 0;
@@ -60,7 +60,7 @@ static size_t latent_count(int width, int height) {
 
 size_t otl_work_bytes(int width, int height, int container) {
     size_t n = align4((size_t)width * 3u) + align4(otl_state_bytes(width));
-    if (container) n += OTL_HEAD_BYTES + latent_count(width, height) * OTL_MAX_CODE_BITS / 8 + 4;
+    if (container) n += OTL_HEAD_BYTES + otl_latent_bytes(width, height) * OTL_MAX_CODE_BITS / 8 + 4;
     return n;
 }
 
@@ -132,4 +132,32 @@ const char *otl_encode_ppm(const otl_files *io, int width, int height, int conta
         if (io->write_at(io->out, 0, payload, *written)) return "cannot write the output";
     }
     return NULL;
+}
+
+int otl_memory_read(void *file, uint8_t *buf, size_t n) {
+    otl_memory *m = (otl_memory *)file;
+    if (m->size - m->pos < n) return 1;
+    memcpy(buf, m->data + m->pos, n);
+    m->pos += n;
+    return 0;
+}
+
+int otl_memory_write_at(void *file, size_t offset, const uint8_t *buf, size_t n) {
+    otl_memory *m = (otl_memory *)file;
+    if (offset > m->size || m->size - offset < n) return 1;
+    memcpy(m->data + offset, buf, n);
+    return 0;
+}
+
+const char *otl_encode_raw(const uint8_t *rgb, int width, int height, uint8_t *out, size_t out_bytes, uint8_t *work,
+                           size_t work_bytes) {
+    otl_memory in, dst;
+    otl_files io;
+    size_t written;
+    if (width < OTL_LARGEST_PATCH || height < OTL_LARGEST_PATCH || width > OTL_MAX_SIDE || height > OTL_MAX_SIDE)
+        return "image size out of range: each side must be at least the largest patch and at most 65535";
+    in.data = (uint8_t *)(uintptr_t)rgb, in.size = (size_t)width * (size_t)height * 3u, in.pos = 0;
+    dst.data = out, dst.size = out_bytes, dst.pos = 0;
+    io.in = &in, io.out = &dst, io.read = otl_memory_read, io.write_at = otl_memory_write_at;
+    return otl_encode_ppm(&io, width, height, 0, work, work_bytes, &written);
 }

@@ -18,6 +18,9 @@ typedef struct {
 /* Parse the PPM header; NULL on success, else the error. */
 const char *otl_read_ppm_header(const otl_files *io, int *width, int *height);
 
+/* Bytes of raw latents of a width x height frame (padded to the largest patch). */
+size_t otl_latent_bytes(int width, int height);
+
 /* Work memory otl_encode_ppm needs (row, encoder state, and for a container the payload). */
 size_t otl_work_bytes(int width, int height, int container);
 
@@ -25,5 +28,19 @@ size_t otl_work_bytes(int width, int height, int container);
  * the output size. work must be 4-byte aligned. */
 const char *otl_encode_ppm(const otl_files *io, int width, int height, int container, uint8_t *work,
                            size_t work_bytes, size_t *written);
+
+/* A file in memory, for read and write_at. */
+typedef struct {
+    uint8_t *data;
+    size_t size, pos;
+} otl_memory;
+
+int otl_memory_read(void *file, uint8_t *buf, size_t n);
+int otl_memory_write_at(void *file, size_t offset, const uint8_t *buf, size_t n);
+
+/* Raw latents of width x height RGB pixels held in memory (no PPM header) into out
+ * (otl_encode_ppm's raw layout); NULL on success, else the error. */
+const char *otl_encode_raw(const uint8_t *rgb, int width, int height, uint8_t *out, size_t out_bytes, uint8_t *work,
+                           size_t work_bytes);
 
 #endif

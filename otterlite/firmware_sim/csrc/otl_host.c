@@ -1,7 +1,7 @@
 /* Host harness (any hosted C99 system: x86-64, ARM Linux):
  *   otl_host IN.ppm OUT.bin               raw int8 latents, group by group, each C, H, W
  *   otl_host --container IN.ppm OUT.otl   the .otl container bytes
- *   otl_host --bench N IN.ppm             encode the frame N times from memory, print MPx/s
+ *   otl_host --bench N IN.ppm             encode the frame N times from memory (raw), print MPx/s
  *   otl_host --memory W                   print the RAM the encoder needs for rows of width W
  * Errors: a message on stderr, exit code 1, and no output file. */
 #include <stdio.h>
@@ -13,29 +13,11 @@
 #include "otl_encoder.h"
 #include "otl_harness.h"
 
-typedef struct {
-    const uint8_t *data;
-    size_t size, pos;
-} memory_file;
-
 static int file_read(void *file, uint8_t *buf, size_t n) { return fread(buf, 1, n, (FILE *)file) != n; }
 
 static int file_write_at(void *file, size_t offset, const uint8_t *buf, size_t n) {
     if (fseek((FILE *)file, (long)offset, SEEK_SET)) return 1;
     return fwrite(buf, 1, n, (FILE *)file) != n;
-}
-
-static int memory_read(void *file, uint8_t *buf, size_t n) {
-    memory_file *m = (memory_file *)file;
-    if (m->size - m->pos < n) return 1;
-    memcpy(buf, m->data + m->pos, n);
-    m->pos += n;
-    return 0;
-}
-
-static int discard_write_at(void *file, size_t offset, const uint8_t *buf, size_t n) {
-    (void)file, (void)offset, (void)buf, (void)n;
-    return 0;
 }
 
 static int fail(const char *path, const char *message) {
@@ -49,46 +31,34 @@ static int usage(void) {
     return 2;
 }
 
-/* The whole file in memory, for --bench. */
-static uint8_t *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    uint8_t *data = NULL;
-    long n;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (data = (uint8_t *)malloc((size_t)n)) != NULL && fread(data, 1, (size_t)n, f) != (size_t)n) {
-        free(data);
-        data = NULL;
-    }
-    *size = data ? (size_t)n : 0;
-    fclose(f);
-    return data;
-}
-
 static int bench(int repeats, const char *path) {
-    size_t size, written;
-    uint8_t *data = slurp(path, &size), *work = NULL;
-    memory_file m;
+    FILE *f = fopen(path, "rb");
     otl_files io;
+    uint8_t *rgb = NULL, *work = NULL, *out = NULL;
+    size_t pixels = 0, out_bytes = 0;
     int width = 0, height = 0, i;
     clock_t start;
-    double seconds;
+    double seconds = 0;
     const char *error = NULL;
-    if (!data) return fail(path, "cannot read");
-    io.in = &m;
-    io.out = NULL;
-    io.read = memory_read;
-    io.write_at = discard_write_at;
-    start = clock();
-    for (i = 0; i < repeats && !error; i++) {
-        m.data = data, m.size = size, m.pos = 0;
-        error = otl_read_ppm_header(&io, &width, &height);
-        if (!error && !work) work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
-        if (!error) error = work ? otl_encode_ppm(&io, width, height, 0, work, otl_work_bytes(width, height, 0), &written)
-                                 : "out of memory";
+    if (!f) return fail(path, "cannot open");
+    io.in = f, io.out = NULL, io.read = file_read, io.write_at = file_write_at;
+    error = otl_read_ppm_header(&io, &width, &height);
+    if (!error) {
+        pixels = (size_t)width * (size_t)height;
+        out_bytes = otl_latent_bytes(width, height);
+        rgb = (uint8_t *)malloc(pixels * 3u);
+        out = (uint8_t *)malloc(out_bytes);
+        work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
+        if (!rgb || !out || !work) error = "out of memory";
+        else if (file_read(f, rgb, pixels * 3u)) error = "PPM pixel data ends early (truncated file)";
     }
+    fclose(f);
+    start = clock();
+    for (i = 0; i < repeats && !error; i++)
+        error = otl_encode_raw(rgb, width, height, out, out_bytes, work, otl_work_bytes(width, height, 0));
     seconds = (double)(clock() - start) / CLOCKS_PER_SEC;
-    free(data);
+    free(rgb);
+    free(out);
     free(work);
     if (error) return fail(path, error);
     printf("frames %d size %dx%d seconds %.6f mpx_s %.3f\n", repeats, width, height, seconds,
