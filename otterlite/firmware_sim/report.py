@@ -256,7 +256,7 @@ def format_cpus(cpus: dict) -> list[str]:
     lines = ["measured on emulated CPUs (QEMU; cycles = encoder instructions x stated CPI):"]
     for name, c in cpus.items():
         if not c["measured"]:
-            lines.append(f"  {name}: not installed: {c['reason']}")
+            lines.append(f"  {name}: {c['reason']}")
             continue
         part = (f", links into {c['part_flash_bytes'] // 1024} KB flash / {c['part_ram_bytes'] // 1024} KB RAM"
                 if "part_flash_bytes" in c else "")
