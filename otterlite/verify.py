@@ -180,14 +180,19 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             if reason:
                 result.status = f"not installed: {reason}"
                 continue
-            run = backend.load(artifact, spec)
-            for (label, x), ref in zip(inputs, ref_outputs):
-                bad, lsb, first = compare(ref, run(x), out_names)
-                result.images += 1
-                result.mismatches += bad
-                result.max_lsb = max(result.max_lsb, lsb)
-                if first and result.first_difference is None:
-                    result.first_difference = f"{first} on {label}"
+            try:
+                run = backend.load(artifact, spec)
+                for (label, x), ref in zip(inputs, ref_outputs):
+                    bad, lsb, first = compare(ref, run(x), out_names)
+                    result.images += 1
+                    result.mismatches += bad
+                    result.max_lsb = max(result.max_lsb, lsb)
+                    if first and result.first_difference is None:
+                        result.first_difference = f"{first} on {label}"
+            except OtterliteError as err:  # a backend that cannot run this artifact: its cell says why
+                result.status = f"error: {str(err).splitlines()[0][:300]}"
+                say(f"  {b}: {result.status}")
+                continue
             result.status = "exact" if result.mismatches == 0 else "mismatch"
             result.detail = run.detail() if hasattr(run, "detail") else None
             say(f"  {b}: {result.status}" + (f", {result.detail}" if result.detail else ""))

@@ -273,3 +273,16 @@ def test_a_fault_on_the_cortex_m_is_reported_as_a_fault(built, tmp_path, photo):
                     "semihost.o", "otl_startup.c", *cross.LIBRARY, "-lc", "-lgcc"], cwd=folder, check=True)
     with pytest.raises(OtterliteError, match="faulted under QEMU"):
         cross.run_cross(m4, folder / "fault.elf", np.ascontiguousarray(photo[:64, :64]))
+
+
+def test_verify_shows_a_backend_that_cannot_run_as_an_error_cell(tmp_path):
+    """Frames wider than the Cortex-M harness's static buffer: the cell says why, verify fails."""
+    from otterlite.verify import verify
+
+    require_cross("cortex-m4")
+    export(["frappe-encoder"], ["onnx"], tmp_path, input_size="64x2048", say=lambda line: None)
+    report = verify(tmp_path, backends=["qemu-cortex-m4", "c"], say=lambda line: None, with_fidelity=False)
+    cells = {r.backend: r.status for r in report.results}
+    assert cells["c"] == "exact"
+    assert cells["qemu-cortex-m4"].startswith("error:") and "OTL_MCU_MAX_WIDTH" in cells["qemu-cortex-m4"]
+    assert not report.exact

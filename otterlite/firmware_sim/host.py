@@ -125,13 +125,14 @@ def run_harness(command, rgb: np.ndarray, container: bool = False, timeout: floa
         write_ppm(Path(tmp) / "in.ppm", rgb)
         harness_args = [*(["--container"] if container else []), "in.ppm", "out.bin"]
         args = command(harness_args) if callable(command) else [*command, *harness_args]
+        program = " ".join(Path(a).name for a in args if a == args[0] or a.startswith("/"))  # e.g. qemu + ELF
         try:
             done = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise OtterliteError(f"{' '.join(args)}: no exit after {timeout:g} s (hung?); stopped") from None
+            raise OtterliteError(f"{program}: no exit after {timeout:g} s (hung?); stopped") from None
         out = Path(tmp) / "out.bin"
         if done.returncode or not out.is_file():
-            raise OtterliteError(f"{' '.join(args)} failed (exit {done.returncode}): "
+            raise OtterliteError(f"{program} failed (exit {done.returncode}): "
                                  f"{(done.stderr or done.stdout).strip()[:500]}")
         return out.read_bytes()
 

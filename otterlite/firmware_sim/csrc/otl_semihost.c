@@ -93,6 +93,7 @@ int main(void) {
     io.read = read_file;
     io.write_at = write_at;
     if ((error = otl_read_ppm_header(&io, &width, &height))) return fail(argv[1], error);
+    if (width > OTL_MCU_MAX_WIDTH) return fail(argv[1], "image wider than OTL_MCU_MAX_WIDTH, the rows the static work buffer holds");
     if ((out = open_file(part, MODE_WB)) < 0) return fail(part, "cannot create");
     io.out = (void *)(uintptr_t)out;
     error = otl_encode_ppm(&io, width, height, 0, (uint8_t *)work, sizeof(work), &written);
