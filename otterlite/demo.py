@@ -6,7 +6,6 @@ import lzma
 import zlib
 from pathlib import Path
 
-import numpy as np
 
 from otterlite.container import write_container
 from otterlite.images import load_rgb, psnr, sample_photo

@@ -19,7 +19,7 @@ from otterlite.firmware_sim.report import frame_work
 from otterlite.firmware_sim.workflow import reference_latents
 from otterlite.images import sample_photo
 from otterlite.runtime import load_encoder_spec
-from otterlite.verify import adversarial, fit
+from otterlite.verify import adversarial
 
 pytestmark = pytest.mark.skipif(host.find_compiler() is None, reason="no C compiler")
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from otterlite.errors import OtterliteError
 from otterlite.firmware_sim import host
 from otterlite.firmware_sim.targets import Target
 
@@ -36,7 +35,7 @@ def cycles(target: Target, work: dict) -> float:
             + work["pixels"] * target.cycles_per_pixel)
 
 
-def section_sizes(objects: list[Path], size_tool: str) -> dict:
+def object_sizes(objects: list[Path], size_tool: str) -> dict:
     """code (.text*), constants (.rodata*), data (.data*), bss (.bss*) bytes summed over objects."""
     done = subprocess.run([size_tool, "-A", *map(str, objects)], capture_output=True, text=True, check=True)
     sizes = {"code": 0, "constants": 0, "data": 0, "bss": 0}
@@ -76,7 +75,7 @@ def measure_build(folder: Path, target: Target) -> dict:
             subprocess.run([target.compiler, "-std=c99", *target.cflags, "-Wall", "-Wextra", "-Werror", "-fstack-usage",
                             "-c", str(folder / source), "-o", str(obj)], cwd=tmp, check=True, capture_output=True)
             objects.append(obj)
-        sizes = section_sizes(objects, target.compiler.removesuffix("gcc") + "size")
+        sizes = object_sizes(objects, target.compiler.removesuffix("gcc") + "size")
         return {"measured": True, "compiler": target.compiler, **sizes, "stack": stack_bytes(Path(tmp))}
 
 
