@@ -72,8 +72,8 @@ def c_array(values: np.ndarray, per_line: int = 16) -> str:
 
 def state_bytes(spec: ThresholdConvSpec, width: int) -> int:
     """otl_state_bytes: an int32 accumulator row per group plus one latent row of the widest group."""
-    big = spec.largest_stride
-    rows = [s.weights.shape[0] * (-(-width // big) * big // s.stride) for s in spec.stages]
+    padded_width = spec.padded_size(width, width)[1]
+    rows = [s.weights.shape[0] * (padded_width // s.stride) for s in spec.stages]
     return 4 * sum(rows) + max(rows)
 
 

@@ -50,25 +50,27 @@ class CrossTarget:
         return f"otl_{self.name}.elf" if self.bare_metal else f"otl_{self.name}"
 
 
-EABI = ("-O2", "-mthumb", "-ffreestanding", "-nostdlib", "-ffunction-sections", "-fdata-sections")
-MCU_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+def cortex_m(cpu: str, board: str, part: str, clock_mhz: float, cpi: float, cpi_basis: str,
+             flash: tuple[int, int], ram: tuple[int, int]) -> CrossTarget:
+    """A Cortex-M part: arm-none-eabi-gcc without libc, run on QEMU's MPS2/MPS3 `board`."""
+    return CrossTarget(cpu, f"{part} (QEMU {board})", "arm-none-eabi-gcc",
+                       ("-O2", "-mthumb", "-ffreestanding", "-nostdlib", "-ffunction-sections", "-fdata-sections",
+                        f"-mcpu={cpu}"), "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm",
+                       ("qemu-system-arm", "-M", board, "-cpu", cpu), clock_mhz, cpi, cpi_basis, flash, ram)
+
+
 CROSS = {t.name: t for t in (
-    CrossTarget("cortex-m4", "Cortex-M4 168 MHz, 512 KB flash / 128 KB RAM (QEMU mps2-an386)", "arm-none-eabi-gcc",
-                (*EABI, "-mcpu=cortex-m4"), MCU_PACKAGES, ("qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4"),
-                168, 1.25, "3-stage pipeline: most instructions 1 cycle, loads 2 (1 when back to back), taken branches 2-4",
-                (0x00000000, 512 * KB), (0x20000000, 128 * KB)),
-    CrossTarget("cortex-m7", "Cortex-M7 480 MHz, 2 MB flash / 512 KB RAM (QEMU mps2-an500)", "arm-none-eabi-gcc",
-                (*EABI, "-mcpu=cortex-m7"), MCU_PACKAGES, ("qemu-system-arm", "-M", "mps2-an500", "-cpu", "cortex-m7"),
-                480, 0.75, "dual issue, 6-stage, branch prediction; TCM-resident data",
-                (0x00000000, 2048 * KB), (0x20000000, 512 * KB)),
-    CrossTarget("cortex-m33", "Cortex-M33 160 MHz, 512 KB flash / 256 KB RAM (QEMU mps2-an505)", "arm-none-eabi-gcc",
-                (*EABI, "-mcpu=cortex-m33"), MCU_PACKAGES, ("qemu-system-arm", "-M", "mps2-an505", "-cpu", "cortex-m33"),
-                160, 1.2, "3-stage pipeline like the M4, limited dual issue of 16-bit pairs",
-                (0x10000000, 512 * KB), (0x38000000, 256 * KB)),
-    CrossTarget("cortex-m55", "Cortex-M55 400 MHz, 512 KB ITCM / 512 KB DTCM (QEMU mps3-an547)", "arm-none-eabi-gcc",
-                (*EABI, "-mcpu=cortex-m55"), MCU_PACKAGES, ("qemu-system-arm", "-M", "mps3-an547", "-cpu", "cortex-m55"),
-                400, 1.0, "4-stage, one instruction per cycle; MVE beats counted as instructions",
-                (0x10000000, 512 * KB), (0x30000000, 512 * KB)),
+    cortex_m("cortex-m4", "mps2-an386", "Cortex-M4 168 MHz, 512 KB flash / 128 KB RAM", 168, 1.25,
+             "3-stage pipeline: most instructions 1 cycle, loads 2 (1 when back to back), taken branches 2-4",
+             (0x00000000, 512 * KB), (0x20000000, 128 * KB)),
+    cortex_m("cortex-m7", "mps2-an500", "Cortex-M7 480 MHz, 2 MB flash / 512 KB RAM", 480, 0.75,
+             "dual issue, 6-stage, branch prediction; TCM-resident data", (0x00000000, 2048 * KB), (0x20000000, 512 * KB)),
+    cortex_m("cortex-m33", "mps2-an505", "Cortex-M33 160 MHz, 512 KB flash / 256 KB RAM", 160, 1.2,
+             "3-stage pipeline like the M4, limited dual issue of 16-bit pairs",
+             (0x10000000, 512 * KB), (0x38000000, 256 * KB)),
+    cortex_m("cortex-m55", "mps3-an547", "Cortex-M55 400 MHz, 512 KB ITCM / 512 KB DTCM", 400, 1.0,
+             "4-stage, one instruction per cycle; MVE beats counted as instructions",
+             (0x10000000, 512 * KB), (0x30000000, 512 * KB)),
     CrossTarget("aarch64", "Raspberry Pi 4 / 64-bit phones (Cortex-A72 1.5 GHz, 1 core)", "aarch64-linux-gnu-gcc",
                 ("-O2", "-static", "-mcpu=cortex-a72"), "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user",
                 ("qemu-aarch64", "-cpu", "cortex-a72"), 1500, 0.6, "3-wide out-of-order; NEON dot products"),

@@ -100,8 +100,7 @@ def write_ppm(path: Path, rgb: np.ndarray) -> None:
 
 
 def latent_shapes(spec, height: int, width: int) -> list[tuple[int, int, int]]:
-    big = spec.largest_stride
-    hp, wp = -(-height // big) * big, -(-width // big) * big
+    hp, wp = spec.padded_size(height, width)
     return [(s.weights.shape[0], hp // s.stride, wp // s.stride) for s in spec.stages]
 
 

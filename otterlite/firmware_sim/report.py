@@ -22,8 +22,7 @@ THRESHOLD_STEPS = 8  # binary search over 256 entries
 
 def frame_work(spec, height: int, width: int) -> dict:
     """Operations per frame: MACs, threshold search steps and pixels of the padded frame."""
-    big = spec.largest_stride
-    hp, wp = -(-height // big) * big, -(-width // big) * big
+    hp, wp = spec.padded_size(height, width)
     latents = sum(s.weights.shape[0] * (hp // s.stride) * (wp // s.stride) for s in spec.stages)
     macs = sum(hp * wp * 3 * s.weights.shape[0] for s in spec.stages)
     return {"padded": f"{wp}x{hp}", "pixels": hp * wp, "macs": macs, "threshold_steps": THRESHOLD_STEPS * latents,
@@ -97,8 +96,7 @@ def tflm_arena(spec, height: int, width: int) -> int | None:
     from otterlite.export import build
     from otterlite.export.tflite_info import read_tflite
 
-    big = spec.largest_stride
-    data = build(spec, "tflite", -(-height // big) * big, -(-width // big) * big)
+    data = build(spec, "tflite", *spec.padded_size(height, width))
     interpreter = runtime.Interpreter.from_bytes(data, arena_size=read_tflite(data, "model").activation_bytes + 2 ** 20)
     return tflm_arena_bytes(interpreter)
 

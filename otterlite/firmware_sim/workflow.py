@@ -29,22 +29,18 @@ def firmware(folder: str | Path, targets: str, out: str | Path, say=print) -> di
 
 def reference_latents(spec, rgb: np.ndarray) -> list[np.ndarray]:
     """The PyTorch integer reference on the edge-padded image, per group (C, H, W)."""
-    import torch
+    from otterlite.workflow import encode_spec
 
-    from otterlite.images import pad_to_multiple
-    from otterlite.spec.torch_reference import run_spec
-
-    padded = pad_to_multiple(rgb, spec.largest_stride)
-    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None]
-    return [z[0].numpy() for z in run_spec(spec, x)]
+    return encode_spec(spec, rgb, "torch").latents
 
 
 def run_firmware(out: str | Path, images: list[str], sanitize: bool = False, say=print) -> bool:
     """Build OUT's harness with the host compiler and check, per image, the raw latents
     against the PyTorch integer reference and the container bytes against Python's."""
-    from otterlite.container import LatentFrame, write_container
+    from otterlite.container import write_container
     from otterlite.images import load_rgb
     from otterlite.runtime import load_encoder_spec
+    from otterlite.workflow import encode_spec
 
     out = Path(out)
     if not (out / SPEC_FILE).is_file():
@@ -57,13 +53,12 @@ def run_firmware(out: str | Path, images: list[str], sanitize: bool = False, say
     exact = True
     for image in images:
         rgb = load_rgb(image)
-        if min(rgb.shape[:2]) < spec.largest_stride:
-            raise OtterliteError(f"{image}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than one "
-                                 f"{spec.largest_stride}x{spec.largest_stride} patch")
-        want = reference_latents(spec, rgb)
+        try:
+            frame = encode_spec(spec, rgb, "torch")  # the reference frame; refuses images below one patch
+        except OtterliteError as err:
+            raise OtterliteError(f"{image}: {err}") from None
         got = host.encode_c(binary, spec, rgb)
-        bad = sum(int((a != b).sum()) for a, b in zip(want, got))
-        frame = LatentFrame(spec.source_sha256, rgb.shape[1], rgb.shape[0], [tuple(g) for g in spec.info["groups"]], want)
+        bad = sum(int((a != b).sum()) for a, b in zip(frame.latents, got))
         same_container = host.run_harness([str(binary)], rgb, container=True) == write_container(frame)
         ok = bad == 0 and same_container
         exact &= ok

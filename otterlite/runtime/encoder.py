@@ -68,8 +68,7 @@ class StreamingEncoder:
         if width < self.big or height < self.big:
             raise OtterliteError(f"frame {width}x{height} is smaller than one {self.big}x{self.big} patch")
         self.width, self.height = width, height
-        self.padded_width = -(-width // self.big) * self.big
-        self.padded_height = -(-height // self.big) * self.big
+        self.padded_height, self.padded_width = spec.padded_size(height, width)
         self.groups = [PatchGroup(s) for s in spec.stages]
         self.acc = [np.zeros((self.padded_width // g.k, g.channels), np.int32) for g in self.groups]
         self.row = 0

@@ -85,6 +85,11 @@ class ThresholdConvSpec:
     def largest_stride(self) -> int:
         return max(s.stride for s in self.stages)
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) rounded up to multiples of the largest patch (the encoded frame)."""
+        big = self.largest_stride
+        return -(-height // big) * big, -(-width // big) * big
+
 
 @dataclass
 class TableMixSpec:
