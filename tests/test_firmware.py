@@ -71,8 +71,15 @@ def test_c_matches_reference_and_writes_the_same_container(built, photo, size):
         np.testing.assert_array_equal(a, z)
 
 
-def test_sanitized_build_is_clean_on_the_adversarial_set(built):
-    spec, _, sanitized = built
+# the instruction-set variants of the patch kernel this host can run: the default (AVX2 when
+# the CPU has it, on x86), SSE2 alone, and plain C
+KERNELS = [(), ("OTL_NO_AVX2",), ("OTL_PORTABLE",)]
+
+
+@pytest.mark.parametrize("defines", KERNELS)
+def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
+    spec, _, _ = built
+    sanitized = build_host(built[1].parent, sanitize=True, defines=defines)
     for name, x in adversarial(spec, 96, 160):
         rgb = np.ascontiguousarray(x[0].transpose(1, 2, 0))
         for a, z in zip(reference_latents(spec, rgb), encode_c(sanitized, spec, rgb)):
@@ -87,9 +94,10 @@ def test_published_checkpoint_with_12_bit_weights_and_patch_4(tmp_path, odd_phot
     spec = load_encoder_spec(tmp_path / "m")
     assert max(s.weight_bits for s in spec.stages) > 8
     folder = generate(spec, tmp_path / "src")
-    sanitized = build_host(folder, sanitize=True)
-    for a, z in zip(reference_latents(spec, odd_photo), encode_c(sanitized, spec, odd_photo)):
-        np.testing.assert_array_equal(a, z)
+    for defines in KERNELS:
+        sanitized = build_host(folder, sanitize=True, defines=defines)
+        for a, z in zip(reference_latents(spec, odd_photo), encode_c(sanitized, spec, odd_photo)):
+            np.testing.assert_array_equal(a, z)
 
 
 def test_firmware_commands_report_and_run(exported, tmp_path, capsys):
@@ -103,9 +111,10 @@ def test_firmware_commands_report_and_run(exported, tmp_path, capsys):
     assert set(report["targets"]) == {"cortex-m4", "rpi4"}
     spec = load_encoder_spec(exported)
     frame = report["frames"]["1920x1080"]
-    # the C's own figure against the spec: one int32 accumulator row per group + one latent row
+    # the C's own figure against the spec: one int32 accumulator row per group, 3 spare int32
+    # (OTL_LANE_SLACK) and one latent row
     widths = [(s.weights.shape[0], 1920 // s.stride) for s in spec.stages]
-    assert frame["state_bytes"] == sum(4 * c * w for c, w in widths) + max(c * w for c, w in widths)
+    assert frame["state_bytes"] == sum(4 * c * w for c, w in widths) + 4 * 3 + max(c * w for c, w in widths)
     assert frame["macs"] == frame_work(spec, 1080, 1920)["macs"] == 1920 * 1088 * 3 * 12
     assert report["host"]["c_mpx_s"] > 0
     m4 = report["targets"]["cortex-m4"]

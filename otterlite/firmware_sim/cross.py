@@ -22,8 +22,12 @@ KB = 1024
 FAULT_EXIT = 70  # otl_startup.c exits with this on any fault
 MCU_SOURCES = (*LIBRARY, "otl_semihost.c", "otl_startup.c")
 LINUX_SOURCES = (*LIBRARY, "otl_host.c")
-ENCODER_FUNCTIONS = ("otl_state_bytes", "otl_init", "otl_push_row", "count_thresholds", "dot", "dot_n", "widen_patch",
-                     "accumulate", "emit_complete", "round_up")  # otl_encoder.c: the range the plugin counts in
+
+
+def encoder_functions() -> set[str]:
+    """Names of the functions defined in otl_encoder.c: the range the plugin counts in."""
+    source = (Path(__file__).parent / "csrc" / "otl_encoder.c").read_text()
+    return set(re.findall(r"\b(\w+)\((?:[^()]|\([^()]*\))*\)\s*\{", source)) - {"if", "for", "while", "switch"}
 
 
 @dataclass(frozen=True)
@@ -166,12 +170,12 @@ def symbol_range(target: CrossTarget, binary: Path) -> tuple[int, int]:
     function lies inside the range."""
     nm = target.compiler.removesuffix("gcc") + "nm"
     done = subprocess.run([nm, "-S", "--defined-only", str(binary)], capture_output=True, text=True, check=True)
-    ours, others = [], []
+    ours, others, encoder = [], [], encoder_functions()
     for line in done.stdout.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in "tT":
             start, size = int(parts[0], 16) & ~1, int(parts[1], 16)  # Thumb symbols have bit 0 set
-            (ours if parts[3].split(".")[0] in ENCODER_FUNCTIONS else others).append((start, start + size))
+            (ours if parts[3].split(".")[0] in encoder else others).append((start, start + size))
     if not ours:
         raise OtterliteError(f"{binary.name}: no encoder symbols found by {nm}")
     lo, hi = min(s for s, _ in ours), max(e for _, e in ours)

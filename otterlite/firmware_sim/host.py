@@ -36,9 +36,10 @@ def compiler_missing() -> str | None:
             "or set CC=/path/to/compiler")
 
 
-def build_host(folder: str | Path, sanitize: bool = False) -> Path:
+def build_host(folder: str | Path, sanitize: bool = False, defines: tuple[str, ...] = ()) -> Path:
     """Compile `folder`'s sources into folder/otl_host (or otl_host_sanitize) with the flags
-    the Makefile uses; compiler errors are raised in full."""
+    the Makefile uses, plus -D`defines` (e.g. OTL_PORTABLE: the plain C kernel); compiler
+    errors are raised in full."""
     folder = Path(folder)
     reason = compiler_missing()
     if reason:
@@ -46,7 +47,8 @@ def build_host(folder: str | Path, sanitize: bool = False) -> Path:
     if not (folder / "otl_model.c").is_file():
         raise OtterliteError(f"{folder}: no generated sources; run 'otterlite firmware DIR -o {folder}' first")
     binary = folder / ("otl_host_sanitize" if sanitize else "otl_host")
-    flags = [*HOST_CFLAGS, *(SANITIZE_CFLAGS if sanitize else ())]
+    binary = binary.with_name("_".join([binary.name, *defines]).lower())
+    flags = [*HOST_CFLAGS, *(SANITIZE_CFLAGS if sanitize else ()), *(f"-D{d}" for d in defines)]
     done = subprocess.run([find_compiler(), *flags, "-o", binary.name, *LIBRARY, "otl_host.c"], cwd=folder,
                           capture_output=True, text=True)
     if done.returncode:

@@ -3,9 +3,19 @@
 
 #include "otl_encoder.h"
 
-#if defined(__ARM_FEATURE_SIMD32)
+#if defined(OTL_PORTABLE)  /* -DOTL_PORTABLE: plain C on every CPU (the tests build it on the host too) */
+#elif defined(__SSE2__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#elif defined(__ARM_FEATURE_SIMD32)
 #include <arm_acle.h>
 #endif
+
+#define OTL_PATCH_VALUES ((3 * OTL_LARGEST_PATCH + 7) / 8 * 8)  /* 3k rounded up to whole quads of pairs */
+
+typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
+                               const otl_group *grp);
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
@@ -19,7 +29,7 @@ size_t otl_state_bytes(int width) {
         acc += n * sizeof(int32_t);
         if (n > row) row = n;
     }
-    return acc + row;
+    return acc + OTL_LANE_SLACK * sizeof(int32_t) + row;
 }
 
 int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int height) {
@@ -38,7 +48,7 @@ int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int h
         enc->acc[g] = (int32_t *)(void *)p;
         p += (size_t)otl_groups[g].channels * (size_t)(enc->padded_width / otl_groups[g].patch) * sizeof(int32_t);
     }
-    enc->latents = (int8_t *)p;
+    enc->latents = (int8_t *)p + OTL_LANE_SLACK * sizeof(int32_t);
     return OTL_OK;
 }
 
@@ -50,74 +60,183 @@ static int8_t count_thresholds(int32_t a, const int32_t *t) {
     return (int8_t)(OTL_BASE + n);
 }
 
-#if defined(__ARM_FEATURE_SIMD32)
-/* Arm DSP variant of dot(): SMLAD adds two 16 x 16-bit products per instruction (x and w
- * read as 16-bit pairs; the running sum stays below 2^31, as in the portable version). Kept
- * out of line so that its loop has the registers to itself. */
-__attribute__((noinline)) static int32_t dot(const int16_t *x, const otl_weight_t *w, int n) {
-    const int16_t *end = x + (n & ~1);
-    int32_t s = 0;
-    for (; x < end; x += 2, w += 2) {
-        int16x2_t xx, ww;
-        __builtin_memcpy(&xx, x, sizeof(xx));  /* one LDR (freestanding builds do not inline memcpy) */
-        __builtin_memcpy(&ww, w, sizeof(ww));
-        s = __smlad(xx, ww, s);
+/* add_patches(acc, x, count, w, grp): for each of `count` patches i,
+ *   acc[i][c] += sum_{t < 2 * pairs} x[i][t] * W[c][t]        (c < C; x[i] = x + 2 * pairs * i)
+ * with x[i] one patch row's bytes (zero-padded to 2 * pairs values) and w the phase's weights
+ * in the pair layout of otl_encoder.h. One version per instruction set, the same integers. */
+#if defined(__SSE2__) && !defined(OTL_PORTABLE)
+/* x86 (SSE2 is part of x86-64): 8 bytes zero-extended at a time; each pair (x[2p], x[2p+1])
+ * broadcast to four lanes and multiplied with four channels' weight pairs (PMADDWD). The four
+ * lanes are added to acc[4b .. 4b + 3] at once: lanes past C have zero weights, so they add 0
+ * to the next patch's accumulators (or to the OTL_LANE_SLACK spare ones after the last). */
+static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+    const __m128i zero = _mm_setzero_si128();
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(acc + 4 * b));
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                const __m128i xv = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)), zero);
+                const __m128i *wv = (const __m128i *)(const void *)wb;
+                s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0x00), _mm_loadu_si128(wv)));
+                s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0x55), _mm_loadu_si128(wv + 1)));
+                s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0xAA), _mm_loadu_si128(wv + 2)));
+                s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0xFF), _mm_loadu_si128(wv + 3)));
+            }
+            _mm_storeu_si128((__m128i *)(void *)(acc + 4 * b), s);
+        }
+        x += 2 * grp->pairs;
     }
-    if (n & 1) s += x[0] * w[0];
-    return s;
-}
-#else
-static int32_t dot_n(const int16_t *x, const otl_weight_t *w, int n) {
-    int32_t s = 0;
-    int t;
-    for (t = 0; t < n; t++) s += x[t] * w[t];
-    return s;
 }
 
-/* sum x[t] * w[t], t < n; constant trip counts for the usual patch sizes (n = 3k), so that
- * compilers vectorize them at -O2 (16-bit multiply-add pairs into 32 bits). */
-static int32_t dot(const int16_t *x, const otl_weight_t *w, int n) {
-    switch (n) {
-        case 96: return dot_n(x, w, 96);
-        case 48: return dot_n(x, w, 48);
-        case 24: return dot_n(x, w, 24);
-        default: return dot_n(x, w, n);
+#if defined(__GNUC__) && !defined(OTL_NO_AVX2)
+/* The same with AVX2 when the CPU has it (chosen at run time; the build needs no -m flags;
+ * -DOTL_NO_AVX2 leaves it out):
+ * pairs p and p + 1 broadcast to the two halves of one 8-lane register, so one VPMADDWD
+ * covers two pairs of four channels; the halves are added at the end. */
+__attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const uint8_t *x, int count,
+                                                             const otl_weight_t *w, const otl_group *grp) {
+    const __m256i pairs01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pairs23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            __m256i s = _mm256_setzero_si256();
+            __m128i s4;
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                const __m128i x8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
+                const __m256i xv = _mm256_castsi128_si256(x8);
+                const __m256i *wv = (const __m256i *)(const void *)wb;
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs01), _mm256_loadu_si256(wv)));
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs23),
+                                                          _mm256_loadu_si256(wv + 1)));
+            }
+            s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_loadu_si128((const __m128i *)(const void *)(acc + 4 * b)));
+            _mm_storeu_si128((__m128i *)(void *)(acc + 4 * b), s4);
+        }
+        x += 2 * grp->pairs;
+    }
+}
+
+static add_patches_fn patch_kernel(void) {
+    return __builtin_cpu_supports("avx2") ? add_patches_avx2 : add_patches_sse2;
+}
+#else
+static add_patches_fn patch_kernel(void) { return add_patches_sse2; }
+#endif
+#elif defined(__ARM_NEON) && !defined(OTL_PORTABLE)
+/* NEON (every AArch64): 8 bytes widened at a time; VLD2 splits the four channels' weight pairs
+ * into the weights of the even and of the odd value, and VMLAL (by lane) multiplies each with
+ * its value. The four lanes are added as in the SSE2 version (zero lanes past C). */
+static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            int32x4_t even = vdupq_n_s32(0), odd = vdupq_n_s32(0);
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                const int16x8_t xv = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(x + 2 * p)));
+                const int16x4_t lo = vget_low_s16(xv), hi = vget_high_s16(xv);
+                int16x4x2_t wp = vld2_s16(wb);
+                even = vmlal_lane_s16(even, wp.val[0], lo, 0), odd = vmlal_lane_s16(odd, wp.val[1], lo, 1);
+                wp = vld2_s16(wb + 8);
+                even = vmlal_lane_s16(even, wp.val[0], lo, 2), odd = vmlal_lane_s16(odd, wp.val[1], lo, 3);
+                wp = vld2_s16(wb + 16);
+                even = vmlal_lane_s16(even, wp.val[0], hi, 0), odd = vmlal_lane_s16(odd, wp.val[1], hi, 1);
+                wp = vld2_s16(wb + 24);
+                even = vmlal_lane_s16(even, wp.val[0], hi, 2), odd = vmlal_lane_s16(odd, wp.val[1], hi, 3);
+            }
+            vst1q_s32(acc + 4 * b, vaddq_s32(vld1q_s32(acc + 4 * b), vaddq_s32(even, odd)));
+        }
+    }
+}
+static add_patches_fn patch_kernel(void) { return add_patches; }
+#else
+static void add_lanes(int32_t *acc, int32_t s0, int32_t s1, int32_t s2, int32_t s3, int lanes) {
+    acc[0] += s0;  /* lanes >= 1: every block holds at least one channel */
+    if (lanes > 1) acc[1] += s1;
+    if (lanes > 2) acc[2] += s2;
+    if (lanes > 3) acc[3] += s3;
+}
+
+#if defined(__ARM_FEATURE_SIMD32) && !defined(OTL_PORTABLE)
+/* Arm DSP: (x[0], x[1]) as two halfwords; SMLAD adds both 16 x 16-bit products of a pair per
+ * instruction, four channels at a time. */
+static int16x2_t byte_pair(const uint8_t *x) { return (int16x2_t)((uint32_t)x[0] | (uint32_t)x[1] << 16); }
+
+static int16x2_t weight_pair(const otl_weight_t *w) {
+    int16x2_t v;
+    __builtin_memcpy(&v, w, sizeof(v));  /* one LDR (freestanding builds do not inline memcpy) */
+    return v;
+}
+
+static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (p = 0; p < grp->pairs; p++, wb += 8) {
+                const int16x2_t xx = byte_pair(x + 2 * p);
+                s0 = __smlad(xx, weight_pair(wb), s0);
+                s1 = __smlad(xx, weight_pair(wb + 2), s1);
+                s2 = __smlad(xx, weight_pair(wb + 4), s2);
+                s3 = __smlad(xx, weight_pair(wb + 6), s3);
+            }
+            add_lanes(acc + 4 * b, s0, s1, s2, s3, grp->channels - 4 * b);
+        }
+    }
+}
+#else
+static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            for (p = 0; p < grp->pairs; p++, wb += 8) {
+                const int32_t x0 = x[2 * p], x1 = x[2 * p + 1];
+                s0 += x0 * wb[0] + x1 * wb[1];
+                s1 += x0 * wb[2] + x1 * wb[3];
+                s2 += x0 * wb[4] + x1 * wb[5];
+                s3 += x0 * wb[6] + x1 * wb[7];
+            }
+            add_lanes(acc + 4 * b, s0, s1, s2, s3, grp->channels - 4 * b);
+        }
     }
 }
 #endif
+static add_patches_fn patch_kernel(void) { return add_patches; }
+#endif
 
-/* Patch j's pixels of this row widened to 16 bits; a patch reaching past the real width
- * repeats the last pixel (edge replication). */
-static void widen_patch(int16_t *x, const uint8_t *rgb, int k, int j, int width) {
-    const int n = 3 * k;
+/* Patch j's bytes of this row copied to buf and zero-padded to n values; past the real width
+ * the last pixel repeats (edge replication). */
+static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int k, int j, int width) {
     int t;
-    if (k * (j + 1) <= width) {
-        const uint8_t *p = rgb + (size_t)j * (size_t)n;
-        for (t = 0; t + 8 <= n; t += 8) {  /* blocks of 8: vectorized at -O2 */
-            int i;
-            for (i = 0; i < 8; i++) x[t + i] = p[t + i];
-        }
-        for (; t < n; t++) x[t] = p[t];
-        return;
-    }
-    for (t = 0; t < n; t++) {
+    for (t = 0; t < 3 * k; t++) {
         int px = k * j + t / 3;
         if (px > width - 1) px = width - 1;
-        x[t] = rgb[3 * px + t % 3];
+        buf[t] = rgb[3 * px + t % 3];
     }
+    for (; t < n; t++) buf[t] = 0;
+    return buf;
 }
 
-/* acc[c][j] += patch row j of `rgb` (phase u), for one group. */
+/* acc[j][c] += patch row j of `rgb` (phase u), for one group: the patches that lie inside the
+ * row and need no zero padding straight from it, the others through padded_patch. */
 static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, int width, int padded_width,
                        int u) {
-    const int k = grp->patch, n = 3 * k, cols = padded_width / k;
-    const otl_weight_t *w = grp->weights + (size_t)u * (size_t)grp->channels * (size_t)n;
-    int16_t x[3 * OTL_LARGEST_PATCH];
-    int c, j;
-    for (j = 0; j < cols; j++) {
-        widen_patch(x, rgb, k, j, width);
-        for (c = 0; c < grp->channels; c++) acc[(size_t)c * cols + j] += dot(x, w + (size_t)c * n, n);
-    }
+    const int k = grp->patch, cols = padded_width / k, n = 2 * grp->pairs;
+    const int inside = n == 3 * k ? width / k : 0;
+    const otl_weight_t *w = grp->weights + (size_t)u * (size_t)grp->blocks * (size_t)(8 * grp->pairs);
+    const add_patches_fn kernel = patch_kernel();
+    uint8_t buf[OTL_PATCH_VALUES];
+    int j;
+    kernel(acc, rgb, inside, w, grp);
+    for (j = inside; j < cols; j++)
+        kernel(acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, w, grp);
 }
 
 static int emit_complete(otl_encoder *enc, int g, otl_emit_fn emit, void *ctx) {
@@ -127,7 +246,7 @@ static int emit_complete(otl_encoder *enc, int g, otl_emit_fn emit, void *ctx) {
     int c, j;
     for (c = 0; c < grp->channels; c++)
         for (j = 0; j < cols; j++)
-            enc->latents[c * cols + j] = count_thresholds(acc[c * cols + j], grp->thresholds + 256 * c);
+            enc->latents[c * cols + j] = count_thresholds(acc[j * grp->channels + c], grp->thresholds + 256 * c);
     emit(ctx, g, enc->row / grp->patch, enc->latents, grp->channels, cols);
     memset(acc, 0, (size_t)grp->channels * (size_t)cols * sizeof(int32_t));
     return 1;

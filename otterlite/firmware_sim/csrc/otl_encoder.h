@@ -3,10 +3,14 @@
  *
  * For scale group g (patch k, C channels, w = padded_width / k patch columns) and row
  * r = k*i + u of the padded frame:
- *   acc[g][c][j] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; 16-bit
+ *   acc[g][j][c] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; 16-bit
  *                   weights, int32 sums, exact: the freeze step proved |acc| < 2^31)
+ * computed four channels at a time: the patch row x (widened to 16 bits, zero-padded to
+ * 2 * pairs values) is taken as pairs (x[2p], x[2p+1]), each multiplied with the four
+ * channels' weight pairs and summed into four int32 lanes (SSE2 PMADDWD, Arm SMLAD, or
+ * plain C); channels are padded to blocks of four with zero weights.
  * after the row with u = k - 1 the patch row i is complete:
- *   latent[c][j]  = OTL_BASE + #{n : acc[g][c][j] >= T_g[c][n]}       (no rounding at run time)
+ *   latent[c][j]  = OTL_BASE + #{n : acc[g][j][c] >= T_g[c][n]}       (no rounding at run time)
  * and acc[g] is cleared. T is padded to 256 entries with INT32_MAX, so an 8-step binary
  * search counts exactly. A frame whose sides are not multiples of the largest patch is
  * padded by edge replication: each row to the right, and the last row repeated below
@@ -21,12 +25,16 @@
 #include "otl_model.h"
 
 #define OTL_MAX_SIDE 65535  /* the .otl container stores sizes as u16 */
+#define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane adds, otl_encoder.c) */
 
 typedef struct {
     int patch;               /* k: patch size and stride */
     int channels;            /* C */
     int first_channel;       /* index of the group's first latent channel */
-    const otl_weight_t *weights;  /* [k][C][3k]: phase u, channel c, t = 3v + ch */
+    int pairs;               /* ceil(3k / 8) * 4: weight pairs per patch row */
+    int blocks;              /* ceil(C / 4): blocks of four channels */
+    const otl_weight_t *weights;  /* [k][blocks][pairs][4][2]: phase u, block b, pair p, lane l,
+                                     = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3k */
     const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
 } otl_group;
 
@@ -41,7 +49,7 @@ typedef struct {
     int width, height;                /* the frame as the sensor delivers it */
     int padded_width, padded_height;  /* rounded up to multiples of OTL_LARGEST_PATCH */
     int row;                          /* rows pushed so far */
-    int32_t *acc[OTL_GROUPS];         /* [C][w] accumulators, inside the caller's state buffer */
+    int32_t *acc[OTL_GROUPS];         /* [w][C] accumulators, inside the caller's state buffer */
     int8_t *latents;                  /* one completed latent row, inside the state buffer */
 } otl_encoder;
 

@@ -1,7 +1,8 @@
 /* Host harness (any hosted C99 system: x86-64, ARM Linux):
  *   otl_host IN.ppm OUT.bin               raw int8 latents, group by group, each C, H, W
  *   otl_host --container IN.ppm OUT.otl   the .otl container bytes
- *   otl_host --bench N IN.ppm             encode the frame N times from memory (raw), print MPx/s
+ *   otl_host --bench N IN.ppm             encode the frame N times from memory (raw), print the
+ *                                         fastest frame's MPx/s
  *   otl_host --memory W                   print the RAM the encoder needs for rows of width W
  * Errors: a message on stderr, exit code 1, and no output file. */
 #include <stdio.h>
@@ -37,7 +38,6 @@ static int bench(int repeats, const char *path) {
     uint8_t *rgb = NULL, *work = NULL, *out = NULL;
     size_t pixels = 0, out_bytes = 0;
     int width = 0, height = 0, i;
-    clock_t start;
     double seconds = 0;
     const char *error = NULL;
     if (!f) return fail(path, "cannot open");
@@ -53,16 +53,19 @@ static int bench(int repeats, const char *path) {
         else if (file_read(f, rgb, pixels * 3u)) error = "PPM pixel data ends early (truncated file)";
     }
     fclose(f);
-    start = clock();
-    for (i = 0; i < repeats && !error; i++)
+    for (i = 0; i < repeats && !error; i++) {  /* the fastest frame: the least disturbed by other work */
+        const clock_t start = clock();
+        double frame;
         error = otl_encode_raw(rgb, width, height, out, out_bytes, work, otl_work_bytes(width, height, 0));
-    seconds = (double)(clock() - start) / CLOCKS_PER_SEC;
+        frame = (double)(clock() - start) / CLOCKS_PER_SEC;
+        if (i == 0 || frame < seconds) seconds = frame;
+    }
     free(rgb);
     free(out);
     free(work);
     if (error) return fail(path, error);
-    printf("frames %d size %dx%d seconds %.6f mpx_s %.3f\n", repeats, width, height, seconds,
-           seconds > 0 ? (double)repeats * width * height / seconds / 1e6 : 0.0);
+    printf("frames %d size %dx%d best_frame_seconds %.6f mpx_s %.3f\n", repeats, width, height, seconds,
+           seconds > 0 ? (double)width * height / seconds / 1e6 : 0.0);
     return 0;
 }
 
