@@ -89,7 +89,7 @@ def load_c_library(path: Path, spec):
     encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
 
     def run(x):
-        return [z[None] for z in encoder.encode(x[0].transpose(1, 2, 0))]
+        return [z[None] for z in encoder.encode(x[0], planar=True)]
     run.folder = folder
     return run
 

@@ -1,9 +1,11 @@
 """`otterlite bench`: single-thread throughput of the encoder on every available backend and
 of the consumer decode, on a real photo resized to each size. Figures, not assertions.
 
-Each figure is the best of `repeats` timed runs after one warm-up run; MPx/s counts input
-pixels. Every integer backend's output is also checked against the PyTorch integer
-reference, so "fastest exact" means exact on this very input.
+Every figure is the best of `repeats` timed runs after one warm-up run. The runs are taken
+round-robin (one run of every backend per round), so that a slow spell of a shared machine
+hits every backend alike and the ratios to the torch float reference hold within a run.
+MPx/s counts input pixels. Every integer backend's output is also checked against the
+first one's, so "fastest exact" means exact on this very input.
 """
 from __future__ import annotations
 
@@ -18,14 +20,18 @@ SIZES = ((512, 512), (1088, 1920))
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_times(runs: dict, repeats: int) -> dict[str, float]:
+    """Seconds of the fastest of `repeats` runs of each callable (after one warm-up run each),
+    taken round-robin."""
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -36,7 +42,7 @@ def photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(load_rgb(sample_photo("astronaut.png"))).resize((width, height), Image.BICUBIC))
 
 
-def bench(repeats: int = 3, say=print) -> dict:
+def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     import tempfile
 
     import torch
@@ -56,19 +62,15 @@ def bench(repeats: int = 3, say=print) -> dict:
     consumer = ConsumerDecoder(freeze_seaotter_inverse(bundle, so_ckpt.sha256))
     available = [b for b in ENCODERS if not BACKENDS[b].missing()]
     result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"]}
-    steps, step = len(SIZES) * (2 + len(available)), 0
+    steps, step = len(sizes) * (len(available) + 2), 0
     with tempfile.TemporaryDirectory() as tmp:
-        for height, width in SIZES:
+        for height, width in sizes:
             size = f"{width}x{height}"
             rgb = photo(height, width)
             x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
             mpx = height * width / 1e6
-            with torch.no_grad():
-                t_float = best_time(lambda: model.encode(torch.from_numpy(x)), repeats)
-            step += 1
-            say(f"[{step}/{steps}] encoder torch-float {size}: {mpx / t_float:.1f} MPx/s")
-            figures = {"torch-float": {"mpx_s": mpx / t_float, "vs_torch_float": 1.0, "exact": None}}
-            reference = None
+            runs = {"torch-float": lambda: model.encode(torch.from_numpy(x))}
+            exact, reference = {"torch-float": None}, None
             for name in available:
                 backend = BACKENDS[name]
                 path = Path(tmp) / f"{size}.{backend.artifact}"
@@ -77,30 +79,35 @@ def bench(repeats: int = 3, say=print) -> dict:
                 run = backend.load(path, spec)
                 outputs = run(x)
                 reference = reference or outputs
-                exact = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
-                seconds = best_time(lambda: run(x), repeats)
-                figures[name] = {"mpx_s": mpx / seconds, "vs_torch_float": t_float / seconds, "exact": exact}
+                exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
+                runs[name] = lambda run=run: run(x)
                 step += 1
-                say(f"[{step}/{steps}] encoder {name} {size}: {mpx / seconds:.1f} MPx/s, "
-                    f"{t_float / seconds:.2f}x torch float, {'exact' if exact else 'NOT EXACT'}")
-            for name, fig in figures.items():
+                say(f"[{step}/{steps}] {size}: loaded {name}, {'exact' if exact[name] else 'NOT EXACT'}")
+            step += 1
+            say(f"[{step}/{steps}] {size}: timing torch-float and {len(available)} backends, {repeats} rounds")
+            with torch.no_grad():
+                seconds = best_times(runs, repeats)
+            for name, t in seconds.items():
+                fig = {"mpx_s": mpx / t, "vs_torch_float": seconds["torch-float"] / t, "exact": exact[name]}
                 result["encoder"].setdefault(name, {"sizes": {}})["sizes"][size] = fig
+                say(f"    encoder {name} {size}: {fig['mpx_s']:.1f} MPx/s, {fig['vs_torch_float']:.2f}x torch float")
             with torch.no_grad():
                 codec = bundle.fwd.to_codec_uint8(torch.from_numpy(x))[0].numpy().transpose(1, 2, 0)
             jpeg = write_codec_jpeg(np.ascontiguousarray(codec), bundle.qtable(1), so_ckpt.sha256, 1)
-            t_pillow = best_time(lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")), repeats)
-            t_ours = best_time(lambda: consumer.decode(jpeg), repeats)
+            seconds = best_times({"pillow-jpeg-decode": lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")),
+                                  "numpy": lambda: consumer.decode(jpeg)}, repeats)
             step += 1
-            say(f"[{step}/{steps}] consumer {size}: Pillow JPEG decode {mpx / t_pillow:.1f} MPx/s, numpy "
-                f"JPEG + inverse {mpx / t_ours:.1f} MPx/s ({t_pillow / t_ours:.2f}x)")
-            for name, seconds in (("pillow-jpeg-decode", t_pillow), ("numpy", t_ours)):
+            say(f"[{step}/{steps}] consumer {size}: Pillow JPEG decode {mpx / seconds['pillow-jpeg-decode']:.1f} MPx/s, "
+                f"numpy JPEG + inverse {mpx / seconds['numpy']:.1f} MPx/s "
+                f"({seconds['pillow-jpeg-decode'] / seconds['numpy']:.2f}x)")
+            for name, t in seconds.items():
                 result["consumer"].setdefault(name, {"sizes": {}})["sizes"][size] = {
-                    "mpx_s": mpx / seconds, "vs_jpeg_decode": t_pillow / seconds}
-    goal = f"{SIZES[-1][1]}x{SIZES[-1][0]}"
+                    "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t}
+    goal = f"{sizes[-1][1]}x{sizes[-1][0]}"
     for table in (result["encoder"], result["consumer"]):
         for fig in table.values():
             fig.update({k: v for k, v in fig["sizes"][goal].items() if k != "exact"})
-    streaming = StreamingEncoder(spec, SIZES[-1][1], SIZES[-1][0])
+    streaming = StreamingEncoder(spec, sizes[-1][1], sizes[-1][0])
     result["streaming_peak_bytes"] = streaming.peak_bytes
     result["streaming_state_bytes"] = streaming.state_bytes
     result["figures_at"] = goal

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="single-thread encoder and consumer throughput on every available backend",
                        epilog="example: otterlite bench --json bench.json")
     p.add_argument("--json", default=None, help="write the figures as JSON here")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, best counts (default 3)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed rounds (one run of every backend each), the best run counts (default 5)")
 
     p = sub.add_parser("firmware", help="generate the C99 streaming sensor encoder from an export DIR, build it on "
                        "the host and print its resource report ('firmware run OUT IMAGE...' checks it bit-exact)",

@@ -147,3 +147,22 @@ assert not any(m.split(".")[0] in BLOCKED for m in sys.modules), sorted(sys.modu
     got = np.load(tmp_path / "z.npz")
     for i, want in enumerate(reference(spec, photo[:64, :64])):
         np.testing.assert_array_equal(got[f"arr_{i}"], want)
+
+
+def test_bench_figures_on_a_small_frame():
+    """bench's JSON contract on a quick run: every available backend timed against the torch
+    float reference of the same rounds, exact, and the consumer against Pillow."""
+    from otterlite import bench
+
+    lines = []
+    result = bench.bench(repeats=1, say=lines.append, sizes=((64, 96),))
+    encoders = result["encoder"]
+    assert encoders["torch-float"]["vs_torch_float"] == 1.0
+    assert {"numpy", "numpy-streaming"} <= set(encoders)
+    for name, fig in encoders.items():
+        assert fig["mpx_s"] > 0
+        assert fig["sizes"]["96x64"]["exact"] is not False, name
+    assert result["fastest_exact_encoder"] in encoders
+    assert set(result["consumer"]) == {"pillow-jpeg-decode", "numpy"}
+    assert result["streaming_peak_bytes"] > result["streaming_state_bytes"] > 0
+    assert any("timing torch-float" in line for line in lines)

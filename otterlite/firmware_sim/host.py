@@ -70,8 +70,8 @@ def build_library(folder: str | Path) -> Path:
 
 
 class LibraryEncoder:
-    """The compiled encoder called in process (ctypes): rows straight from numpy memory,
-    raw latents into a numpy buffer, through otl_encode_raw."""
+    """The compiled encoder called in process (ctypes): pixels straight from numpy memory, raw
+    latents into a numpy buffer, through otl_encode_raw."""
 
     def __init__(self, library: str | Path, spec):
         import ctypes
@@ -82,18 +82,20 @@ class LibraryEncoder:
         self.lib.otl_work_bytes.restype, self.lib.otl_work_bytes.argtypes = size_t, (c_int, c_int, c_int)
         self.lib.otl_latent_bytes.restype, self.lib.otl_latent_bytes.argtypes = size_t, (c_int, c_int)
         self.lib.otl_encode_raw.restype = ctypes.c_char_p
-        self.lib.otl_encode_raw.argtypes = (ptr, c_int, c_int, ptr, size_t, ptr, size_t)
+        self.lib.otl_encode_raw.argtypes = (ptr, c_int, c_int, c_int, ptr, size_t, ptr, size_t)
 
-    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """(H, W, 3) uint8 -> per group (C, H, W) int8 latents of the edge-padded frame."""
-        rgb = np.ascontiguousarray(rgb, np.uint8)
-        h, w = rgb.shape[:2]
-        out = np.empty(self.lib.otl_latent_bytes(w, h), np.uint8)
+    def encode(self, pixels: np.ndarray, planar: bool = False) -> list[np.ndarray]:
+        """(H, W, 3) uint8, or (3, H, W) with planar -> per group (C, H, W) int8 latents of the
+        edge-padded frame (views of one output buffer)."""
+        pixels = np.ascontiguousarray(pixels, np.uint8)
+        h, w = pixels.shape[1:] if planar else pixels.shape[:2]
+        out = np.empty(self.lib.otl_latent_bytes(w, h), np.int8)
         work = np.empty(self.lib.otl_work_bytes(w, h, 0), np.uint8)  # numpy aligns to 16 bytes
-        error = self.lib.otl_encode_raw(rgb.ctypes.data, w, h, out.ctypes.data, out.size, work.ctypes.data, work.size)
+        error = self.lib.otl_encode_raw(pixels.ctypes.data, w, h, int(planar), out.ctypes.data, out.size,
+                                        work.ctypes.data, work.size)
         if error:
             raise OtterliteError(f"C encoder: {error.decode()}")
-        return split_latents(out.tobytes(), latent_shapes(self.spec, h, w))
+        return split_latents(out, latent_shapes(self.spec, h, w))
 
 
 def write_ppm(path: Path, rgb: np.ndarray) -> None:
@@ -106,16 +108,14 @@ def latent_shapes(spec, height: int, width: int) -> list[tuple[int, int, int]]:
     return [(s.weights.shape[0], hp // s.stride, wp // s.stride) for s in spec.stages]
 
 
-def split_latents(raw: bytes, shapes: list[tuple[int, int, int]]) -> list[np.ndarray]:
-    """The raw harness output -> per group (C, H, W) int8."""
+def split_latents(raw: bytes | np.ndarray, shapes: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    """The raw harness output -> per group (C, H, W) int8 views of it."""
     sizes = [int(np.prod(s)) for s in shapes]
-    if len(raw) != sum(sizes):
-        raise OtterliteError(f"harness wrote {len(raw)} bytes, expected {sum(sizes)} for groups {shapes}")
-    flat, out, at = np.frombuffer(raw, np.int8), [], 0
-    for shape, size in zip(shapes, sizes):
-        out.append(flat[at:at + size].reshape(shape).copy())
-        at += size
-    return out
+    flat = np.frombuffer(raw, np.int8)
+    if flat.size != sum(sizes):
+        raise OtterliteError(f"harness wrote {flat.size} bytes, expected {sum(sizes)} for groups {shapes}")
+    starts = np.cumsum([0, *sizes])
+    return [flat[at:at + size].reshape(shape) for at, size, shape in zip(starts, sizes, shapes)]
 
 
 def run_harness(command, rgb: np.ndarray, container: bool = False, timeout: float = RUN_TIMEOUT_S) -> bytes:

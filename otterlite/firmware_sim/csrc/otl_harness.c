@@ -134,8 +134,19 @@ const char *otl_encode_ppm(const otl_files *io, int width, int height, int conta
     return NULL;
 }
 
+/* Planar pixels: n / 3 pixels from the R, G and B planes, interleaved into buf. */
+static int planes_read(otl_memory *m, uint8_t *buf, size_t n) {
+    const uint8_t *r = m->data + m->pos, *g = r + m->plane, *b = g + m->plane;
+    size_t i;
+    if (n % 3u || m->plane - m->pos < n / 3u) return 1;
+    for (i = 0; i < n / 3u; i++, buf += 3) buf[0] = r[i], buf[1] = g[i], buf[2] = b[i];
+    m->pos += n / 3u;
+    return 0;
+}
+
 int otl_memory_read(void *file, uint8_t *buf, size_t n) {
     otl_memory *m = (otl_memory *)file;
+    if (m->plane) return planes_read(m, buf, n);
     if (m->size - m->pos < n) return 1;
     memcpy(buf, m->data + m->pos, n);
     m->pos += n;
@@ -149,15 +160,16 @@ int otl_memory_write_at(void *file, size_t offset, const uint8_t *buf, size_t n)
     return 0;
 }
 
-const char *otl_encode_raw(const uint8_t *rgb, int width, int height, uint8_t *out, size_t out_bytes, uint8_t *work,
-                           size_t work_bytes) {
+const char *otl_encode_raw(const uint8_t *rgb, int width, int height, int planar, uint8_t *out, size_t out_bytes,
+                           uint8_t *work, size_t work_bytes) {
     otl_memory in, dst;
     otl_files io;
     size_t written;
     if (width < OTL_LARGEST_PATCH || height < OTL_LARGEST_PATCH || width > OTL_MAX_SIDE || height > OTL_MAX_SIDE)
         return "image size out of range: each side must be at least the largest patch and at most 65535";
     in.data = (uint8_t *)(uintptr_t)rgb, in.size = (size_t)width * (size_t)height * 3u, in.pos = 0;
-    dst.data = out, dst.size = out_bytes, dst.pos = 0;
+    in.plane = planar ? (size_t)width * (size_t)height : 0;
+    dst.data = out, dst.size = out_bytes, dst.pos = 0, dst.plane = 0;
     io.in = &in, io.out = &dst, io.read = otl_memory_read, io.write_at = otl_memory_write_at;
     return otl_encode_ppm(&io, width, height, 0, work, work_bytes, &written);
 }

@@ -33,14 +33,17 @@ const char *otl_encode_ppm(const otl_files *io, int width, int height, int conta
 typedef struct {
     uint8_t *data;
     size_t size, pos;
+    size_t plane;  /* reads of planar pixels (R, G, B planes this many bytes apart) give interleaved
+                      rows; 0: the bytes as they are */
 } otl_memory;
 
 int otl_memory_read(void *file, uint8_t *buf, size_t n);
 int otl_memory_write_at(void *file, size_t offset, const uint8_t *buf, size_t n);
 
 /* Raw latents of width x height RGB pixels held in memory (no PPM header) into out
- * (otl_encode_ppm's raw layout); NULL on success, else the error. */
-const char *otl_encode_raw(const uint8_t *rgb, int width, int height, uint8_t *out, size_t out_bytes, uint8_t *work,
-                           size_t work_bytes);
+ * (otl_encode_ppm's raw layout): interleaved rows (H, W, 3), or with planar != 0 three planes
+ * (3, H, W); NULL on success, else the error. */
+const char *otl_encode_raw(const uint8_t *rgb, int width, int height, int planar, uint8_t *out, size_t out_bytes,
+                           uint8_t *work, size_t work_bytes);
 
 #endif

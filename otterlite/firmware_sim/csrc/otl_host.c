@@ -56,7 +56,7 @@ static int bench(int repeats, const char *path) {
     for (i = 0; i < repeats && !error; i++) {  /* the fastest frame: the least disturbed by other work */
         const clock_t start = clock();
         double frame;
-        error = otl_encode_raw(rgb, width, height, out, out_bytes, work, otl_work_bytes(width, height, 0));
+        error = otl_encode_raw(rgb, width, height, 0, out, out_bytes, work, otl_work_bytes(width, height, 0));
         frame = (double)(clock() - start) / CLOCKS_PER_SEC;
         if (i == 0 || frame < seconds) seconds = frame;
     }
