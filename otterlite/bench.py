@@ -20,6 +20,21 @@ SIZES = ((512, 512), (1088, 1920))
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
 
 
+def steady_allocator() -> None:
+    """Keep freed blocks of up to 32 MB in the process (glibc mallopt). By default glibc may
+    hand torch's large temporaries back to the OS and page-fault them in again on every
+    call, which made the torch float reference 2-3x slower in some processes than in others
+    (37-133 MPx/s here); with this it runs at its best every time."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
+    libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
+
+
 def best_times(runs: dict, repeats: int) -> dict[str, float]:
     """Seconds of the fastest of `repeats` runs of each callable (after one warm-up run each),
     taken round-robin."""
@@ -56,6 +71,7 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     from otterlite.spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
 
     torch.set_num_threads(1)
+    steady_allocator()
     model, ckpt = load_frappe()
     spec = freeze_frappe_encoder(model, ckpt.sha256)
     bundle, so_ckpt = load_seaotter()

@@ -105,7 +105,7 @@ def host_throughput(binary: Path, rounds: int = 5) -> dict:
     """Measured MPx/s of the -O2 host build at 1920x1080 on a real photo, beside the torch
     float reference when torch is installed: `rounds` alternating runs of each, best of each
     (alternating, so both see the same machine load)."""
-    from otterlite.bench import photo
+    from otterlite.bench import photo, steady_allocator
 
     rgb = photo(1080, 1920)
     c_mpx_s = lambda: host.bench_c(binary, rgb, 3)  # noqa: E731
@@ -119,6 +119,7 @@ def host_throughput(binary: Path, rounds: int = 5) -> dict:
         out["c_mpx_s"] = max(c_mpx_s() for _ in range(rounds))
         return out
     torch.set_num_threads(1)
+    steady_allocator()
     model, _ = load_frappe()
     x = torch.from_numpy(np.ascontiguousarray(pad_to_multiple(rgb, 32).transpose(2, 0, 1)))[None]
     c_best, torch_best = 0.0, 0.0

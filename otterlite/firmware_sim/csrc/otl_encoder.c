@@ -65,17 +65,32 @@ static int8_t count_thresholds(int32_t a, const int32_t *t) {
  * with x[i] one patch row's bytes (zero-padded to 2 * pairs values) and w the phase's weights
  * in the pair layout of otl_encoder.h. One version per instruction set, the same integers. */
 #if defined(__SSE2__) && !defined(OTL_PORTABLE)
+/* acc[l] += v[l] for l < lanes (1 or more): reads four int32 (OTL_LANE_SLACK keeps the read
+ * of the last patch inside the state) but writes only the block's channels, so that no store
+ * overlaps the next patch's read (a partial overlap stalls store-to-load forwarding). */
+static void add_lanes_sse2(int32_t *acc, __m128i v, int lanes) {
+    v = _mm_add_epi32(v, _mm_loadu_si128((const __m128i *)(const void *)acc));
+    if (lanes >= 4) {
+        _mm_storeu_si128((__m128i *)(void *)acc, v);
+        return;
+    }
+    if (lanes & 2) {
+        _mm_storel_epi64((__m128i *)(void *)acc, v);
+        v = _mm_srli_si128(v, 8);
+        acc += 2;
+    }
+    if (lanes & 1) *acc = _mm_cvtsi128_si32(v);
+}
+
 /* x86 (SSE2 is part of x86-64): 8 bytes zero-extended at a time; each pair (x[2p], x[2p+1])
- * broadcast to four lanes and multiplied with four channels' weight pairs (PMADDWD). The four
- * lanes are added to acc[4b .. 4b + 3] at once: lanes past C have zero weights, so they add 0
- * to the next patch's accumulators (or to the OTL_LANE_SLACK spare ones after the last). */
+ * broadcast to four lanes and multiplied with four channels' weight pairs (PMADDWD). */
 static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
     const __m128i zero = _mm_setzero_si128();
     int i, b, p;
     for (i = 0; i < count; i++, acc += grp->channels) {
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
-            __m128i s = _mm_loadu_si128((const __m128i *)(const void *)(acc + 4 * b));
+            __m128i s = _mm_setzero_si128();
             for (p = 0; p < grp->pairs; p += 4, wb += 32) {
                 const __m128i xv = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)), zero);
                 const __m128i *wv = (const __m128i *)(const void *)wb;
@@ -84,7 +99,7 @@ static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const ot
                 s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0xAA), _mm_loadu_si128(wv + 2)));
                 s = _mm_add_epi32(s, _mm_madd_epi16(_mm_shuffle_epi32(xv, 0xFF), _mm_loadu_si128(wv + 3)));
             }
-            _mm_storeu_si128((__m128i *)(void *)(acc + 4 * b), s);
+            add_lanes_sse2(acc + 4 * b, s, grp->channels - 4 * b);
         }
         x += 2 * grp->pairs;
     }
@@ -113,14 +128,38 @@ __attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const
                                                           _mm256_loadu_si256(wv + 1)));
             }
             s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            s4 = _mm_add_epi32(s4, _mm_loadu_si128((const __m128i *)(const void *)(acc + 4 * b)));
-            _mm_storeu_si128((__m128i *)(void *)(acc + 4 * b), s4);
+            add_lanes_sse2(acc + 4 * b, s4, grp->channels - 4 * b);
         }
         x += 2 * grp->pairs;
     }
 }
 
+/* AVX-512 with VNNI: four pairs at once, each broadcast to four of the sixteen lanes, and
+ * VPDPWSSD multiplies and adds all 32 products; the four quarters are added at the end. */
+__attribute__((target("avx512f,avx512vnni"))) static void add_patches_avx512(int32_t *acc, const uint8_t *x, int count,
+                                                                           const otl_weight_t *w, const otl_group *grp) {
+    const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    int i, b, p;
+    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+        const otl_weight_t *wb = w;
+        for (b = 0; b < grp->blocks; b++) {
+            __m512i s = _mm512_setzero_si512();
+            __m256i s8;
+            __m128i s4;
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                const __m128i x8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
+                s = _mm512_dpwssd_epi32(s, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(x8)),
+                                        _mm512_loadu_si512((const void *)wb));
+            }
+            s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+            s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+            add_lanes_sse2(acc + 4 * b, s4, grp->channels - 4 * b);
+        }
+    }
+}
+
 static add_patches_fn patch_kernel(void) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni")) return add_patches_avx512;
     return __builtin_cpu_supports("avx2") ? add_patches_avx2 : add_patches_sse2;
 }
 #else
@@ -129,7 +168,21 @@ static add_patches_fn patch_kernel(void) { return add_patches_sse2; }
 #elif defined(__ARM_NEON) && !defined(OTL_PORTABLE)
 /* NEON (every AArch64): 8 bytes widened at a time; VLD2 splits the four channels' weight pairs
  * into the weights of the even and of the odd value, and VMLAL (by lane) multiplies each with
- * its value. The four lanes are added as in the SSE2 version (zero lanes past C). */
+ * its value. */
+static void add_lanes_neon(int32_t *acc, int32x4_t v, int lanes) {  /* as add_lanes_sse2 */
+    v = vaddq_s32(v, vld1q_s32(acc));
+    if (lanes >= 4) {
+        vst1q_s32(acc, v);
+        return;
+    }
+    if (lanes & 2) {
+        vst1_s32(acc, vget_low_s32(v));
+        v = vextq_s32(v, v, 2);
+        acc += 2;
+    }
+    if (lanes & 1) vst1q_lane_s32(acc, v, 0);
+}
+
 static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
     int i, b, p;
     for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
@@ -148,7 +201,7 @@ static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_wei
                 wp = vld2_s16(wb + 24);
                 even = vmlal_lane_s16(even, wp.val[0], hi, 2), odd = vmlal_lane_s16(odd, wp.val[1], hi, 3);
             }
-            vst1q_s32(acc + 4 * b, vaddq_s32(vld1q_s32(acc + 4 * b), vaddq_s32(even, odd)));
+            add_lanes_neon(acc + 4 * b, vaddq_s32(even, odd), grp->channels - 4 * b);
         }
     }
 }

@@ -25,7 +25,7 @@
 #include "otl_model.h"
 
 #define OTL_MAX_SIDE 65535  /* the .otl container stores sizes as u16 */
-#define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane adds, otl_encoder.c) */
+#define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane reads, otl_encoder.c) */
 
 typedef struct {
     int patch;               /* k: patch size and stride */
