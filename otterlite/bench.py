@@ -4,7 +4,8 @@ of the consumer decode, on a real photo resized to each size. Figures, not asser
 Every figure is the best of `repeats` timed runs after one warm-up run. The runs are taken
 round-robin (one run of every backend per round), so that a slow spell of a shared machine
 hits every backend alike and the ratios to the torch float reference hold within a run.
-MPx/s counts input pixels. Every integer backend's output is also checked against the
+Each backend gets the photo in its own input layout, prepared outside the timing: NCHW, or
+NHWC for runners with `run.nhwc` (the C library, TFLite). MPx/s counts input pixels. Every integer backend's output is also checked against the
 first one's, so "fastest exact" means exact on this very input.
 """
 from __future__ import annotations
@@ -84,6 +85,7 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
             size = f"{width}x{height}"
             rgb = photo(height, width)
             x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+            x_nhwc = np.ascontiguousarray(rgb)[None]
             mpx = height * width / 1e6
             runs = {"torch-float": lambda: model.encode(torch.from_numpy(x))}
             exact, reference = {"torch-float": None}, None
@@ -93,10 +95,10 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
                 if backend.artifact != "spec":
                     path.write_bytes(build(spec, backend.artifact, height, width))
                 run = backend.load(path, spec)
-                outputs = run(x)
+                runs[name] = (lambda run=run: run.nhwc(x_nhwc)) if hasattr(run, "nhwc") else (lambda run=run: run(x))
+                outputs = runs[name]()
                 reference = reference or outputs
                 exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
-                runs[name] = lambda run=run: run(x)
                 step += 1
                 say(f"[{step}/{steps}] {size}: loaded {name}, {'exact' if exact[name] else 'NOT EXACT'}")
             step += 1

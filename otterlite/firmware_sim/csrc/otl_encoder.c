@@ -3,7 +3,11 @@
 
 #include "otl_encoder.h"
 
-#if defined(OTL_PORTABLE)  /* -DOTL_PORTABLE: plain C on every CPU (the tests build it on the host too) */
+/* The patch kernel follows the instruction set: on x86 the widest of AVX-512 VNNI, AVX2 (both
+ * chosen at run time by the CPU) and SSE2; NEON; the Arm DSP extension; else plain C. The
+ * tests build every variant the host can run: -DOTL_NO_AVX512 (AVX2 at most), -DOTL_NO_AVX2
+ * (SSE2), -DOTL_PORTABLE (plain C). */
+#if defined(OTL_PORTABLE)
 #elif defined(__SSE2__)
 #include <immintrin.h>
 #elif defined(__ARM_NEON)
@@ -60,6 +64,25 @@ static int8_t count_thresholds(int32_t a, const int32_t *t) {
     return (int8_t)(OTL_BASE + n);
 }
 
+/* out[j] = count_thresholds(a[j * stride], t) for j < n, four searches side by side so that
+ * their chains of dependent loads overlap. */
+static void count_row(int8_t *out, const int32_t *a, int stride, int n, const int32_t *t) {
+    int j;
+    for (j = 0; j + 4 <= n; j += 4, a += 4 * stride) {
+        const int32_t a0 = a[0], a1 = a[stride], a2 = a[2 * stride], a3 = a[3 * stride];
+        int n0 = 0, n1 = 0, n2 = 0, n3 = 0, step;
+        for (step = 128; step > 0; step >>= 1) {
+            n0 += a0 >= t[n0 + step - 1] ? step : 0;
+            n1 += a1 >= t[n1 + step - 1] ? step : 0;
+            n2 += a2 >= t[n2 + step - 1] ? step : 0;
+            n3 += a3 >= t[n3 + step - 1] ? step : 0;
+        }
+        out[j] = (int8_t)(OTL_BASE + n0), out[j + 1] = (int8_t)(OTL_BASE + n1);
+        out[j + 2] = (int8_t)(OTL_BASE + n2), out[j + 3] = (int8_t)(OTL_BASE + n3);
+    }
+    for (; j < n; j++, a += stride) out[j] = count_thresholds(a[0], t);
+}
+
 /* add_patches(acc, x, count, w, grp): for each of `count` patches i,
  *   acc[i][c] += sum_{t < 2 * pairs} x[i][t] * W[c][t]        (c < C; x[i] = x + 2 * pairs * i)
  * with x[i] one patch row's bytes (zero-padded to 2 * pairs values) and w the phase's weights
@@ -106,8 +129,7 @@ static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const ot
 }
 
 #if defined(__GNUC__) && !defined(OTL_NO_AVX2)
-/* The same with AVX2 when the CPU has it (chosen at run time; the build needs no -m flags;
- * -DOTL_NO_AVX2 leaves it out):
+/* The same with AVX2 when the CPU has it (chosen at run time; the build needs no -m flags):
  * pairs p and p + 1 broadcast to the two halves of one 8-lane register, so one VPMADDWD
  * covers two pairs of four channels; the halves are added at the end. */
 __attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const uint8_t *x, int count,
@@ -134,6 +156,7 @@ __attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const
     }
 }
 
+#if !defined(OTL_NO_AVX512)
 /* AVX-512 with VNNI: four pairs at once, each broadcast to four of the sixteen lanes, and
  * VPDPWSSD multiplies and adds all 32 products; the four quarters are added at the end. */
 __attribute__((target("avx512f,avx512vnni"))) static void add_patches_avx512(int32_t *acc, const uint8_t *x, int count,
@@ -157,9 +180,12 @@ __attribute__((target("avx512f,avx512vnni"))) static void add_patches_avx512(int
         }
     }
 }
+#endif
 
 static add_patches_fn patch_kernel(void) {
+#if !defined(OTL_NO_AVX512)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni")) return add_patches_avx512;
+#endif
     return __builtin_cpu_supports("avx2") ? add_patches_avx2 : add_patches_sse2;
 }
 #else
@@ -296,10 +322,9 @@ static int emit_complete(otl_encoder *enc, int g, otl_emit_fn emit, void *ctx) {
     const otl_group *grp = &otl_groups[g];
     const int cols = enc->padded_width / grp->patch;
     int32_t *acc = enc->acc[g];
-    int c, j;
+    int c;
     for (c = 0; c < grp->channels; c++)
-        for (j = 0; j < cols; j++)
-            enc->latents[c * cols + j] = count_thresholds(acc[j * grp->channels + c], grp->thresholds + 256 * c);
+        count_row(enc->latents + c * cols, acc + c, grp->channels, cols, grp->thresholds + 256 * c);
     emit(ctx, g, enc->row / grp->patch, enc->latents, grp->channels, cols);
     memset(acc, 0, (size_t)grp->channels * (size_t)cols * sizeof(int32_t));
     return 1;

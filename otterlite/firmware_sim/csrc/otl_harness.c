@@ -86,8 +86,10 @@ static void on_latent_row(void *ctx, int group, int latent_row, const int8_t *la
     }
 }
 
-const char *otl_encode_ppm(const otl_files *io, int width, int height, int container, uint8_t *work,
-                           size_t work_bytes, size_t *written) {
+/* otl_encode_ppm, with the rows read through io, or taken in place from `rows` (interleaved,
+ * width * 3 bytes each) when it is not NULL. */
+static const char *encode_rows(const otl_files *io, const uint8_t *rows, int width, int height, int container,
+                               uint8_t *work, size_t work_bytes, size_t *written) {
     const size_t row_bytes = align4((size_t)width * 3u), state_bytes = align4(otl_state_bytes(width));
     otl_encoder enc;
     otl_coder coder;
@@ -114,8 +116,9 @@ const char *otl_encode_ppm(const otl_files *io, int width, int height, int conta
         s.coder = &coder;
     }
     for (r = 0; r < height; r++) {
-        if (io->read(io->in, work, (size_t)width * 3u)) return "PPM pixel data ends early (truncated file)";
-        if (otl_push_row(&enc, work, on_latent_row, &s) < 0) return "encoder refused a row";
+        const uint8_t *row = rows ? rows + (size_t)r * (size_t)width * 3u : work;
+        if (!rows && io->read(io->in, work, (size_t)width * 3u)) return "PPM pixel data ends early (truncated file)";
+        if (otl_push_row(&enc, row, on_latent_row, &s) < 0) return "encoder refused a row";
         if (s.failed) return "cannot write the output";
     }
     if (container) {
@@ -142,6 +145,11 @@ static int planes_read(otl_memory *m, uint8_t *buf, size_t n) {
     for (i = 0; i < n / 3u; i++, buf += 3) buf[0] = r[i], buf[1] = g[i], buf[2] = b[i];
     m->pos += n / 3u;
     return 0;
+}
+
+const char *otl_encode_ppm(const otl_files *io, int width, int height, int container, uint8_t *work,
+                           size_t work_bytes, size_t *written) {
+    return encode_rows(io, NULL, width, height, container, work, work_bytes, written);
 }
 
 int otl_memory_read(void *file, uint8_t *buf, size_t n) {
@@ -171,5 +179,5 @@ const char *otl_encode_raw(const uint8_t *rgb, int width, int height, int planar
     in.plane = planar ? (size_t)width * (size_t)height : 0;
     dst.data = out, dst.size = out_bytes, dst.pos = 0, dst.plane = 0;
     io.in = &in, io.out = &dst, io.read = otl_memory_read, io.write_at = otl_memory_write_at;
-    return otl_encode_ppm(&io, width, height, 0, work, work_bytes, &written);
+    return encode_rows(&io, planar ? NULL : rgb, width, height, 0, work, work_bytes, &written);
 }
