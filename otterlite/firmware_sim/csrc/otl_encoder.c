@@ -131,52 +131,68 @@ static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const ot
 #if defined(__GNUC__) && !defined(OTL_NO_AVX2)
 /* The same with AVX2 when the CPU has it (chosen at run time; the build needs no -m flags):
  * pairs p and p + 1 broadcast to the two halves of one 8-lane register, so one VPMADDWD
- * covers two pairs of four channels; the halves are added at the end. */
+ * covers two pairs of four channels; the halves are added at the end. Two patches go side by
+ * side (an odd last one is paired with itself and stored once): two independent chains of
+ * multiply-adds share each weight load. */
+__attribute__((target("avx2"))) static __m256i pair_madd(__m256i s, const uint8_t *x, const __m256i *w) {
+    const __m256i pairs01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pairs23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256i xv = _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)x)));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs01), _mm256_loadu_si256(w)));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs23), _mm256_loadu_si256(w + 1)));
+}
+
+__attribute__((target("avx2"))) static __m128i halves_sum(__m256i s) {
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
 __attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const uint8_t *x, int count,
                                                              const otl_weight_t *w, const otl_group *grp) {
-    const __m256i pairs01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pairs23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const int n = 2 * grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels) {
+    for (i = 0; i < count; i += 2, acc += 2 * grp->channels, x += 2 * n) {
+        const uint8_t *x1 = i + 1 < count ? x + n : x;
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
-            __m256i s = _mm256_setzero_si256();
-            __m128i s4;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
             for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                const __m128i x8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
-                const __m256i xv = _mm256_castsi128_si256(x8);
-                const __m256i *wv = (const __m256i *)(const void *)wb;
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs01), _mm256_loadu_si256(wv)));
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs23),
-                                                          _mm256_loadu_si256(wv + 1)));
+                s0 = pair_madd(s0, x + 2 * p, (const __m256i *)(const void *)wb);
+                s1 = pair_madd(s1, x1 + 2 * p, (const __m256i *)(const void *)wb);
             }
-            s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            add_lanes_sse2(acc + 4 * b, s4, grp->channels - 4 * b);
+            add_lanes_sse2(acc + 4 * b, halves_sum(s0), grp->channels - 4 * b);
+            if (i + 1 < count) add_lanes_sse2(acc + grp->channels + 4 * b, halves_sum(s1), grp->channels - 4 * b);
         }
-        x += 2 * grp->pairs;
     }
 }
 
 #if !defined(OTL_NO_AVX512)
 /* AVX-512 with VNNI: four pairs at once, each broadcast to four of the sixteen lanes, and
- * VPDPWSSD multiplies and adds all 32 products; the four quarters are added at the end. */
+ * VPDPWSSD multiplies and adds all 32 products; the four quarters are added at the end. Two
+ * patches go side by side (an odd last one is paired with itself and stored once), so that
+ * two independent chains of multiply-adds share each weight load. */
+__attribute__((target("avx512f,avx512vnni"))) static __m128i quarters_sum(__m512i s) {
+    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+}
+
 __attribute__((target("avx512f,avx512vnni"))) static void add_patches_avx512(int32_t *acc, const uint8_t *x, int count,
                                                                            const otl_weight_t *w, const otl_group *grp) {
     const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const int n = 2 * grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+    for (i = 0; i < count; i += 2, acc += 2 * grp->channels, x += 2 * n) {
+        const uint8_t *x1 = i + 1 < count ? x + n : x;
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
-            __m512i s = _mm512_setzero_si512();
-            __m256i s8;
-            __m128i s4;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
             for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                const __m128i x8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
-                s = _mm512_dpwssd_epi32(s, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(x8)),
-                                        _mm512_loadu_si512((const void *)wb));
+                const __m512i wv = _mm512_loadu_si512((const void *)wb);
+                const __m128i q0 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
+                const __m128i q1 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x1 + 2 * p)));
+                s0 = _mm512_dpwssd_epi32(s0, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(q0)), wv);
+                s1 = _mm512_dpwssd_epi32(s1, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(q1)), wv);
             }
-            s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-            s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-            add_lanes_sse2(acc + 4 * b, s4, grp->channels - 4 * b);
+            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), grp->channels - 4 * b);
+            if (i + 1 < count) add_lanes_sse2(acc + grp->channels + 4 * b, quarters_sum(s1), grp->channels - 4 * b);
         }
     }
 }
