@@ -129,70 +129,122 @@ static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const ot
 }
 
 #if defined(__GNUC__) && !defined(OTL_NO_AVX2)
-/* The same with AVX2 when the CPU has it (chosen at run time; the build needs no -m flags):
- * pairs p and p + 1 broadcast to the two halves of one 8-lane register, so one VPMADDWD
- * covers two pairs of four channels; the halves are added at the end. Two patches go side by
- * side (an odd last one is paired with itself and stored once): two independent chains of
- * multiply-adds share each weight load. */
-__attribute__((target("avx2"))) static __m256i pair_madd(__m256i s, const uint8_t *x, const __m256i *w) {
+/* AVX2 and AVX-512 VNNI versions, chosen at run time by the CPU (the build needs no -m flags).
+ * Both take two patches side by side (an odd last one is paired with itself and stored once)
+ * and two blocks of channels at a time (then a last one alone), so that each widened pair
+ * serves both blocks, each weight load both patches, and the multiply-add chains are
+ * independent. */
+#define OTL_AVX2 __attribute__((target("avx2")))
+#define OTL_AVX512 __attribute__((target("avx512f,avx512vnni")))
+#define OTL_INLINE __attribute__((always_inline)) inline
+
+/* AVX2: pairs p and p + 1 broadcast to the two halves of one 8-lane register, so one VPMADDWD
+ * covers two pairs of four channels; the halves are added at the end. */
+static OTL_AVX2 OTL_INLINE void quad_halves(const uint8_t *x, __m256i *x01, __m256i *x23) {
     const __m256i pairs01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pairs23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256i xv = _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)x)));
-    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs01), _mm256_loadu_si256(w)));
-    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_permutevar8x32_epi32(xv, pairs23), _mm256_loadu_si256(w + 1)));
+    const __m256i x8 = _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)x)));
+    *x01 = _mm256_permutevar8x32_epi32(x8, pairs01);
+    *x23 = _mm256_permutevar8x32_epi32(x8, pairs23);
 }
 
-__attribute__((target("avx2"))) static __m128i halves_sum(__m256i s) {
+static OTL_AVX2 OTL_INLINE __m256i madd_quad(__m256i s, __m256i x01, __m256i x23, const otl_weight_t *w) {
+    const __m256i *wv = (const __m256i *)(const void *)w;
+    return _mm256_add_epi32(s, _mm256_add_epi32(_mm256_madd_epi16(x01, _mm256_loadu_si256(wv)),
+                                                _mm256_madd_epi16(x23, _mm256_loadu_si256(wv + 1))));
+}
+
+static OTL_AVX2 OTL_INLINE __m128i halves_sum(__m256i s) {
     return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-__attribute__((target("avx2"))) static void add_patches_avx2(int32_t *acc, const uint8_t *x, int count,
-                                                             const otl_weight_t *w, const otl_group *grp) {
-    const int n = 2 * grp->pairs;
+static OTL_AVX2 void add_patches_avx2(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
+                                      const otl_group *grp) {
+    const int n = 2 * grp->pairs, c = grp->channels;
+    const size_t block = (size_t)8 * (size_t)grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i += 2, acc += 2 * grp->channels, x += 2 * n) {
+    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * n) {
         const uint8_t *x1 = i + 1 < count ? x + n : x;
-        const otl_weight_t *wb = w;
-        for (b = 0; b < grp->blocks; b++) {
+        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: block b (patches 0, 1), t: block b + 1 */
+            const otl_weight_t *wb = w + (size_t)b * block;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            __m256i t0 = _mm256_setzero_si256(), t1 = _mm256_setzero_si256();
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                __m256i u01, u23, v01, v23;
+                quad_halves(x + 2 * p, &u01, &u23);
+                quad_halves(x1 + 2 * p, &v01, &v23);
+                s0 = madd_quad(s0, u01, u23, wb), s1 = madd_quad(s1, v01, v23, wb);
+                t0 = madd_quad(t0, u01, u23, wb + block), t1 = madd_quad(t1, v01, v23, wb + block);
+            }
+            add_lanes_sse2(acc + 4 * b, halves_sum(s0), c - 4 * b);
+            add_lanes_sse2(acc + 4 * b + 4, halves_sum(t0), c - 4 * b - 4);
+            if (i + 1 < count) {
+                add_lanes_sse2(acc + c + 4 * b, halves_sum(s1), c - 4 * b);
+                add_lanes_sse2(acc + c + 4 * b + 4, halves_sum(t1), c - 4 * b - 4);
+            }
+        }
+        if (b < grp->blocks) {  /* the last block alone */
+            const otl_weight_t *wb = w + (size_t)b * block;
             __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
             for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                s0 = pair_madd(s0, x + 2 * p, (const __m256i *)(const void *)wb);
-                s1 = pair_madd(s1, x1 + 2 * p, (const __m256i *)(const void *)wb);
+                __m256i u01, u23, v01, v23;
+                quad_halves(x + 2 * p, &u01, &u23);
+                quad_halves(x1 + 2 * p, &v01, &v23);
+                s0 = madd_quad(s0, u01, u23, wb), s1 = madd_quad(s1, v01, v23, wb);
             }
-            add_lanes_sse2(acc + 4 * b, halves_sum(s0), grp->channels - 4 * b);
-            if (i + 1 < count) add_lanes_sse2(acc + grp->channels + 4 * b, halves_sum(s1), grp->channels - 4 * b);
+            add_lanes_sse2(acc + 4 * b, halves_sum(s0), c - 4 * b);
+            if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, halves_sum(s1), c - 4 * b);
         }
     }
 }
 
 #if !defined(OTL_NO_AVX512)
-/* AVX-512 with VNNI: four pairs at once, each broadcast to four of the sixteen lanes, and
- * VPDPWSSD multiplies and adds all 32 products; the four quarters are added at the end. Two
- * patches go side by side (an odd last one is paired with itself and stored once), so that
- * two independent chains of multiply-adds share each weight load. */
-__attribute__((target("avx512f,avx512vnni"))) static __m128i quarters_sum(__m512i s) {
+/* AVX-512 VNNI: four pairs widened and each broadcast to four of the sixteen lanes; VPDPWSSD
+ * multiplies and adds all 32 products; the four quarters are added at the end. */
+static OTL_AVX512 OTL_INLINE __m512i quad_lanes(const uint8_t *x) {
+    const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m128i x8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)x));
+    return _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(x8));
+}
+
+static OTL_AVX512 OTL_INLINE __m128i quarters_sum(__m512i s) {
     const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
     return _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
 }
 
-__attribute__((target("avx512f,avx512vnni"))) static void add_patches_avx512(int32_t *acc, const uint8_t *x, int count,
-                                                                           const otl_weight_t *w, const otl_group *grp) {
-    const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const int n = 2 * grp->pairs;
+static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
+                                          const otl_group *grp) {
+    const int n = 2 * grp->pairs, c = grp->channels;
+    const size_t block = (size_t)8 * (size_t)grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i += 2, acc += 2 * grp->channels, x += 2 * n) {
+    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * n) {
         const uint8_t *x1 = i + 1 < count ? x + n : x;
-        const otl_weight_t *wb = w;
-        for (b = 0; b < grp->blocks; b++) {
+        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
+            const otl_weight_t *wb = w + (size_t)b * block;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            __m512i t0 = _mm512_setzero_si512(), t1 = _mm512_setzero_si512();
+            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
+                const __m512i u = quad_lanes(x + 2 * p), v = quad_lanes(x1 + 2 * p);
+                const __m512i ws = _mm512_loadu_si512((const void *)wb), wt = _mm512_loadu_si512((const void *)(wb + block));
+                s0 = _mm512_dpwssd_epi32(s0, u, ws), s1 = _mm512_dpwssd_epi32(s1, v, ws);
+                t0 = _mm512_dpwssd_epi32(t0, u, wt), t1 = _mm512_dpwssd_epi32(t1, v, wt);
+            }
+            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
+            add_lanes_sse2(acc + 4 * b + 4, quarters_sum(t0), c - 4 * b - 4);
+            if (i + 1 < count) {
+                add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
+                add_lanes_sse2(acc + c + 4 * b + 4, quarters_sum(t1), c - 4 * b - 4);
+            }
+        }
+        if (b < grp->blocks) {  /* the last block alone */
+            const otl_weight_t *wb = w + (size_t)b * block;
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
             for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                const __m512i wv = _mm512_loadu_si512((const void *)wb);
-                const __m128i q0 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x + 2 * p)));
-                const __m128i q1 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)(x1 + 2 * p)));
-                s0 = _mm512_dpwssd_epi32(s0, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(q0)), wv);
-                s1 = _mm512_dpwssd_epi32(s1, _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(q1)), wv);
+                const __m512i ws = _mm512_loadu_si512((const void *)wb);
+                s0 = _mm512_dpwssd_epi32(s0, quad_lanes(x + 2 * p), ws);
+                s1 = _mm512_dpwssd_epi32(s1, quad_lanes(x1 + 2 * p), ws);
             }
-            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), grp->channels - 4 * b);
-            if (i + 1 < count) add_lanes_sse2(acc + grp->channels + 4 * b, quarters_sum(s1), grp->channels - 4 * b);
+            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
+            if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
         }
     }
 }
