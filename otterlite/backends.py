@@ -75,15 +75,23 @@ def load_numpy_frame(path: Path, spec):
     if spec.kind == "seaotter-inverse":
         consumer = ConsumerDecoder(spec)
         return lambda x: [np.ascontiguousarray(consumer.transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
-    return lambda x: [z[None] for z in encode_frame(spec, x[0].transpose(1, 2, 0))]
+    return hwc_runner(lambda rgb: encode_frame(spec, rgb))
 
 
 def load_numpy_streaming(path: Path, spec):
     from otterlite.runtime import StreamingEncoder
 
+    return hwc_runner(lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).encode(rgb))
+
+
+def hwc_runner(encode: Callable) -> Callable:
+    """run(x NCHW) and run.nhwc(x) around encode((H, W, 3) uint8) -> per group (C, h, w)."""
+    def run_nhwc(x):
+        return [z[None] for z in encode(x[0])]
+
     def run(x):
-        encoder = StreamingEncoder(spec, x.shape[3], x.shape[2])
-        return [z[None] for z in encoder.encode(x[0].transpose(1, 2, 0))]
+        return run_nhwc(x.transpose(0, 2, 3, 1))
+    run.nhwc = run_nhwc
     return run
 
 
@@ -94,7 +102,7 @@ def load_c_library(path: Path, spec):
     folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
     encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
 
-    def run(x):
+    def run(x):  # the C interleaves the planes row by row, faster than a numpy transpose
         return [z[None] for z in encoder.encode(x[0], planar=True)]
     run.nhwc = lambda x: [z[None] for z in encoder.encode(x[0])]
     run.folder = folder
