@@ -34,6 +34,8 @@ MAKEFILE = """\
 #                       otl_host IN.ppm OUT.bin | --container IN.ppm OUT.otl | --bench N IN.ppm
 #   make sanitize    -> otl_host_sanitize (address + undefined-behaviour sanitizers)
 #   make libotl.so   -> the encoder as a shared library (otl_encode_raw: RGB in memory -> raw latents)
+#   make -B CFLAGS="{cflags} -DOTL_PORTABLE"
+#                    -> otl_host with the plain C patch kernel (-DOTL_NO_AVX512, -DOTL_NO_AVX2: narrower x86 ones)
 #   make cross       -> {cross_outputs}
 #                       (Cortex-M: semihosting arguments IN.ppm OUT.bin; Linux: as otl_host)
 CC ?= cc

@@ -5,16 +5,17 @@
  * r = k*i + u of the padded frame:
  *   acc[g][j][c] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; 16-bit
  *                   weights, int32 sums, exact: the freeze step proved |acc| < 2^31)
- * computed four channels at a time: the patch row x (widened to 16 bits, zero-padded to
- * 2 * pairs values) is taken as pairs (x[2p], x[2p+1]), each multiplied with the four
- * channels' weight pairs and summed into four int32 lanes (SSE2 PMADDWD, Arm SMLAD, or
- * plain C); channels are padded to blocks of four with zero weights.
  * after the row with u = k - 1 the patch row i is complete:
  *   latent[c][j]  = OTL_BASE + #{n : acc[g][j][c] >= T_g[c][n]}       (no rounding at run time)
  * and acc[g] is cleared. T is padded to 256 entries with INT32_MAX, so an 8-step binary
  * search counts exactly. A frame whose sides are not multiples of the largest patch is
  * padded by edge replication: each row to the right, and the last row repeated below
  * (the push of the last row emits every remaining latent row).
+ *
+ * The sums are taken four channels at a time: the patch row (zero-padded to 2 * pairs values)
+ * is read as pairs (x[2p], x[2p+1]), each multiplied with four channels' weight pairs and
+ * added into four int32 lanes, the operation of PMADDWD / VPDPWSSD (x86), SMLAD (Arm DSP) and
+ * VMLAL (NEON); channels are padded to blocks of four with zero weights (otl_encoder.c).
  */
 #ifndef OTL_ENCODER_H
 #define OTL_ENCODER_H
