@@ -11,7 +11,6 @@ first one's, so "fastest exact" means exact on this very input.
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -148,8 +147,3 @@ def summary(result: dict) -> list[str]:
         lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode")
     return lines
 
-
-def write_json(result: dict, path: str | Path) -> None:
-    from otterlite.workflow import write_atomic
-
-    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())

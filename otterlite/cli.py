@@ -162,12 +162,12 @@ def run(args: argparse.Namespace) -> int:
         export(models, args.format.split(","), args.output, args.checkpoint, args.seaotter_checkpoint,
                args.n_ch, args.input_size, args.k, args.weight_bits, args.cache_dir)
     elif args.command == "verify":
-        from otterlite.verify import format_report, verify, write_json
+        from otterlite.verify import format_report, report_data, verify
 
         report = verify(args.folder, args.images, args.backends)
         print("\n".join(format_report(report)))
         if args.json:
-            write_json(report, args.json)
+            workflow.write_json(args.json, report_data(report))
         return 0 if report.exact else 1
     elif args.command == "info":
         from otterlite.info import describe
@@ -181,15 +181,15 @@ def run(args: argparse.Namespace) -> int:
         result = bench.bench(args.repeats)
         print("\n".join(bench.summary(result)))
         if args.json:
-            bench.write_json(result, args.json)
+            workflow.write_json(args.json, result)
     elif args.command == "firmware":
         from otterlite.firmware_sim import firmware
-        from otterlite.firmware_sim.report import format_report, write_report
+        from otterlite.firmware_sim.report import format_report
 
         result = firmware(args.folder, args.target, args.output)
         print("\n".join(format_report(result)))
         if args.json:
-            write_report(result, args.json)
+            workflow.write_json(args.json, result)
     elif args.command == "firmware-run":
         from otterlite.firmware_sim import run_firmware
 

@@ -6,7 +6,6 @@ import lzma
 import zlib
 from pathlib import Path
 
-
 from otterlite.container import write_container
 from otterlite.images import load_rgb, psnr, sample_photo
 from otterlite.workflow import decode_file, decode_frame, encode_rgb, transcode_file, write_atomic

@@ -4,7 +4,6 @@ mismatching integers; there is no tolerance here."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,8 +278,6 @@ def format_report(report: Report) -> list[str]:
     return lines
 
 
-def write_json(report: Report, path: str | Path) -> None:
-    from otterlite.workflow import write_atomic
-
-    data = {"exact": report.exact, "results": [asdict(r) for r in report.results], "fidelity": report.fidelity}
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+def report_data(report: Report) -> dict:
+    """The report as plain data, for JSON."""
+    return {"exact": report.exact, "results": [asdict(r) for r in report.results], "fidelity": report.fidelity}

@@ -6,6 +6,7 @@ consumer: JPEG -> libjpeg raw components -> SEA OTTER inverse -> RGB
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, data) -> Path:
+    """`data` as indented JSON, written atomically (write_atomic)."""
+    return write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def read_bytes(path: str | Path, what: str) -> bytes:

@@ -141,7 +141,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
            seaotter_checkpoint: str | None = None, n_ch: int | None = None, input_size: str | None = None,
            k: int = 0, weight_bits: int = 8, cache_dir: str | None = None, say=print) -> Path:
     """Freeze, emit and record; every file is built in memory first, so an error writes nothing."""
-    from otterlite.workflow import write_atomic
+    from otterlite.workflow import write_atomic, write_json
 
     for m in models:
         if m not in MODELS:
@@ -176,7 +176,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
     manifest["artifacts"] = keep + entries
     for file, data in files.items():
         write_atomic(out / file, data)
-    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json(out / "manifest.json", manifest)
     return out
 
 

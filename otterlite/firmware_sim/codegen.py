@@ -25,7 +25,8 @@ SPEC_FILE = "frappe-encoder.spec"
 LIBRARY = ("otl_model.c", "otl_encoder.c", "otl_container.c", "otl_harness.c")
 LANE_SLACK = 3  # OTL_LANE_SLACK in otl_encoder.h
 MCU_MAX_WIDTH = 1920  # the Cortex-M harness's static work buffer holds rows up to this width
-HOST_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror")
+STRICT_C99 = ("-std=c99", "-Wall", "-Wextra", "-Werror")  # every build: host, cross, report
+HOST_CFLAGS = ("-O2", *STRICT_C99)
 SANITIZE_CFLAGS = ("-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 
 MAKEFILE = """\

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otterlite.errors import OtterliteError
-from otterlite.firmware_sim.codegen import LIBRARY
+from otterlite.firmware_sim.codegen import LIBRARY, STRICT_C99
 from otterlite.firmware_sim.host import RUN_TIMEOUT_S, run_harness
 
 KB = 1024
@@ -120,10 +120,10 @@ def missing(target: CrossTarget) -> str | None:
 
 def compile_command(target: CrossTarget, output: str) -> list[str]:
     """The compile-and-link command, run inside the generated folder."""
-    if target.bare_metal:
-        return [target.compiler, "-std=c99", *target.cflags, "-Wall", "-Wextra", "-Werror", "-Wl,--gc-sections",
-                f"-T{target.name}.ld", "-o", output, *MCU_SOURCES, "-lc", "-lgcc"]  # libc: memset, memcpy only
-    return [target.compiler, "-std=c99", *target.cflags, "-Wall", "-Wextra", "-Werror", "-o", output, *LINUX_SOURCES]
+    command = [target.compiler, *STRICT_C99, *target.cflags, "-o", output]
+    if target.bare_metal:  # libc: memset, memcpy only
+        return [*command, "-Wl,--gc-sections", f"-T{target.name}.ld", *MCU_SOURCES, "-lc", "-lgcc"]
+    return [*command, *LINUX_SOURCES]
 
 
 def build_cross(folder: str | Path, target: CrossTarget) -> Path:

@@ -3,7 +3,6 @@ from the spec, cycles and fps from each target's stated cost model (targets.py),
 host C throughput measured, and the TFLite Micro arena of the same model as a baseline."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.firmware_sim import host
+from otterlite.firmware_sim.codegen import STRICT_C99
 from otterlite.firmware_sim.targets import Target
 
 FRAME_SIZES = ((480, 640), (1080, 1920))  # (height, width)
@@ -71,7 +71,7 @@ def measure_build(folder: Path, target: Target) -> dict:
         objects = []
         for source in DEVICE_SOURCES:
             obj = Path(tmp) / source.replace(".c", ".o")
-            subprocess.run([target.compiler, "-std=c99", *target.cflags, "-Wall", "-Wextra", "-Werror", "-fstack-usage",
+            subprocess.run([target.compiler, *STRICT_C99, *target.cflags, "-fstack-usage",
                             "-c", str(folder / source), "-o", str(obj)], cwd=tmp, check=True, capture_output=True)
             objects.append(obj)
         sizes = object_sizes(objects, target.compiler.removesuffix("gcc") + "size")
@@ -121,7 +121,8 @@ def host_throughput(binary: Path, rounds: int = 5) -> dict:
     torch.set_num_threads(1)
     steady_allocator()
     model, _ = load_frappe()
-    x = torch.from_numpy(np.ascontiguousarray(pad_to_multiple(rgb, 32).transpose(2, 0, 1)))[None]
+    padded = pad_to_multiple(rgb, max(g.ps for g in model.groups))  # the encoded frame, as the C pads it
+    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None]
     c_best, torch_best = 0.0, 0.0
     with torch.no_grad():
         model.encode(x)  # warm-up
@@ -266,8 +267,3 @@ def format_cpus(cpus: dict) -> list[str]:
                          f"per MAC; whole program {f['program_instructions'] / 1e6:.1f} M), {f['fps']:.2f} fps{estimate}")
     return lines
 
-
-def write_report(report: dict, path: Path) -> None:
-    from otterlite.workflow import write_atomic
-
-    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

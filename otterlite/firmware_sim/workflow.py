@@ -15,6 +15,7 @@ def firmware(folder: str | Path, targets: str, out: str | Path, say=print) -> di
     """Generate OUT from the exported encoder in `folder`, build it on the host, and return
     (and write to OUT/report.json) the resource report for the targets."""
     from otterlite.runtime import load_encoder_spec
+    from otterlite.workflow import write_json
 
     chosen = parse_targets(targets)
     spec = load_encoder_spec(folder)
@@ -23,7 +24,7 @@ def firmware(folder: str | Path, targets: str, out: str | Path, say=print) -> di
     binary = host.build_host(out)
     say(f"built {binary}")
     result = report.resource_report(spec, out, chosen, binary, say)
-    report.write_report(result, out / "report.json")
+    write_json(out / "report.json", result)
     return result
 
 
