@@ -25,14 +25,41 @@ checkpoints: 'default' (embedded), a directory with config.json + safetensors, o
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotter: bool = False) -> None:
-    if frappe:
-        p.add_argument("--checkpoint", default="default",
-                       help="FRAPPE checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)")
-    if seaotter:
-        p.add_argument("--seaotter-checkpoint", default="default",
-                       help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV]")
+def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotter: bool = False,
+                        defaults: bool = True) -> None:
+    """--checkpoint (FRAPPE) and --seaotter-checkpoint; a command without one of them still
+    accepts the flag, to refuse it with the name of the flag that was meant (refuse_flag).
+    defaults=False leaves them None, so the command can tell 'not given' from 'default'."""
+    default = "default" if defaults else None
+    p.add_argument("--checkpoint", default=default if frappe else None,
+                   help="FRAPPE checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
+                   if frappe else argparse.SUPPRESS)
+    p.add_argument("--seaotter-checkpoint", default=default if seaotter else None,
+                   help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
+                   if seaotter else argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for hub: checkpoints")
+
+
+def add_fidelity_args(p: argparse.ArgumentParser) -> None:
+    """The fidelity target (otterlite.spec.fidelity.Target); None = its default."""
+    p.add_argument("--min-equal", type=float, default=None,
+                   help="encoder: least share of latents equal to the float model (default 0.99)")
+    p.add_argument("--max-lsb", type=int, default=None,
+                   help="most LSB any encoder latent, or transform output on ordinary inputs, may differ (default 1)")
+    p.add_argument("--min-within", type=float, default=None,
+                   help="transforms: least share of all outputs within --max-lsb (default 0.999)")
+
+
+def fidelity_target(args: argparse.Namespace):
+    from otterlite.spec.fidelity import Target
+
+    given = {k: getattr(args, k) for k in ("min_equal", "max_lsb", "min_within") if getattr(args, k) is not None}
+    return Target(**given)
+
+
+def refuse_flag(command: str, flag: str, value, why: str) -> None:
+    if value is not None:
+        raise OtterliteError(f"{command} {flag}: {why}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "float = the research float model")
     p.add_argument("--models", default=None, metavar="DIR",
                    help="use DIR/frappe-encoder.spec from 'otterlite export' instead of freezing --checkpoint")
-    add_checkpoint_args(p)
+    add_checkpoint_args(p, defaults=False)
 
     p = sub.add_parser("transcode", help="cloud: .otl -> SEA OTTER JPEG",
                        epilog="example: otterlite transcode photo.otl -o photo.jpg --k 1")
@@ -77,26 +104,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="decode a JPEG without (or with another) otterlite marker")
     add_checkpoint_args(p, frappe=False, seaotter=True)
 
-    p = sub.add_parser("export", help="freeze a model into its integer spec and write deployable files",
-                       epilog="example: otterlite export frappe-encoder --format onnx,tflite -o out/ "
-                              "--input-size 512x512")
+    p = sub.add_parser("export", help="freeze a model into its integer spec, check its fidelity to the float model "
+                       "and write deployable files",
+                       epilog="examples:\n  otterlite export all --format onnx,tflite -o out/\n"
+                              "  otterlite export frappe-encoder -o out/ --input-size 512x512 --calibration photos/\n"
+                              "  otterlite export seaotter-inverse -o out/ --seaotter-checkpoint ckpt/\n"
+                              "a model below its fidelity target stops the export (exit 2, nothing written) unless "
+                              "--allow-low-fidelity", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="frappe-encoder, seaotter-inverse, seaotter-forward (or 'all')")
     p.add_argument("--format", default="onnx", help="comma-separated: onnx, tflite (default: onnx)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels (default: n_trained)")
     p.add_argument("--input-size", default="512x512", help="HxW of the exported graphs (default 512x512)")
-    p.add_argument("--k", type=int, default=0, help="SEA OTTER operating point recorded with the forward transform")
-    p.add_argument("--weight-bits", type=int, default=8,
-                   help="FRAPPE encoder weight bits: 8 (int8, default) or up to 12 (split into int8 parts)")
-    add_checkpoint_args(p, seaotter=True)
+    p.add_argument("--k", type=int, default=None, help="SEA OTTER operating point recorded with the forward transform")
+    p.add_argument("--weight-bits", default=None,
+                   help="FRAPPE encoder weight bits: auto (default: per scale group the fewest of 8..12 that meet "
+                        "the fidelity target on the calibration photos) or 2..12 (9..12 split into int8 parts)")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="photos for --weight-bits auto and the encoder's fidelity (default: bundled sample photos)")
+    add_fidelity_args(p)
+    p.add_argument("--allow-low-fidelity", action="store_true",
+                   help="export even when a model misses its fidelity target (a warning instead of an error)")
+    add_checkpoint_args(p, seaotter=True, defaults=False)
 
-    p = sub.add_parser("verify", help="run every artifact in DIR on every backend; exit 0 only if all are bit-exact",
-                       epilog="example: otterlite verify out/ --json parity.json")
+    p = sub.add_parser("verify", help="run every artifact in DIR on every backend; exit 0 only if all are bit-exact "
+                       "and faithful to the float model",
+                       epilog="example: otterlite verify out/ --json parity.json\n"
+                              "exit 0: every backend exact and every model meets its fidelity target; 1 otherwise",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--images", nargs="+", default=None, help="photos to verify on (default: bundled photos)")
     p.add_argument("--backends", nargs="+", default=None, help="subset of backends (default: all)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    add_fidelity_args(p)
 
     p = sub.add_parser("info", help="describe a .otl container, SEA OTTER JPEG or exported .tflite",
                        epilog="example: otterlite info out/frappe-encoder.tflite")
@@ -145,6 +186,13 @@ def run(args: argparse.Namespace) -> int:
 
         return 0 if run_demo(args.image, args.out, args.n_ch, args.k)["exact"] else 1
     elif args.command == "encode":
+        refuse_flag("encode", "--seaotter-checkpoint", args.seaotter_checkpoint,
+                    "encode runs the FRAPPE encoder only; its checkpoint is --checkpoint")
+        if args.models:
+            refuse_flag("encode", "--checkpoint", args.checkpoint,
+                        f"--models {args.models} already holds the encoder; give --models or --checkpoint, not both")
+            refuse_flag("encode", "--models", args.models if args.runtime == "float" else None,
+                        "--runtime float runs the float research model of --checkpoint, not an export's spec")
         st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir,
                                   args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
@@ -153,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
                                      args.seaotter_checkpoint, args.cache_dir)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
     elif args.command == "decode":
+        refuse_flag("decode", "--checkpoint", args.checkpoint,
+                    "decode uses no FRAPPE model (only the SEA OTTER inverse); did you mean --seaotter-checkpoint?")
         st = workflow.decode_file(args.jpeg, args.output, args.seaotter_checkpoint, args.cache_dir, args.force)
         print(f"wrote {st.path}: {st.size} bytes")
     elif args.command == "export":
@@ -160,15 +210,17 @@ def run(args: argparse.Namespace) -> int:
 
         models = list(MODELS) if args.models == ["all"] else args.models
         export(models, args.format.split(","), args.output, args.checkpoint, args.seaotter_checkpoint,
-               args.n_ch, args.input_size, args.k, args.weight_bits, args.cache_dir)
+               args.n_ch, args.input_size, args.k, args.weight_bits, args.cache_dir, args.calibration,
+               fidelity_target(args), args.allow_low_fidelity,
+               given={"--min-equal": args.min_equal, "--min-within": args.min_within})
     elif args.command == "verify":
         from otterlite.verify import format_report, report_data, verify
 
-        report = verify(args.folder, args.images, args.backends)
+        report = verify(args.folder, args.images, args.backends, target=fidelity_target(args))
         print("\n".join(format_report(report)))
         if args.json:
             workflow.write_json(args.json, report_data(report))
-        return 0 if report.exact else 1
+        return 0 if report.exact and report.faithful else 1
     elif args.command == "info":
         from otterlite.info import describe
 

@@ -13,6 +13,10 @@ from PIL import Image, UnidentifiedImageError
 from otterlite.errors import OtterliteError
 
 SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_right.png")
+# export's default calibration set: photos the embedded defaults were trained on, so astronaut,
+# rocket and motorcycle_right stay held out for measuring
+CALIBRATION_PHOTOS = ("chelsea.png", "coffee.png", "motorcycle_left.png", "ihc.png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def notice(message: str) -> None:
@@ -82,3 +86,17 @@ def sample_photo(name: str = "astronaut.png") -> Path:
         raise OtterliteError(f"sample photo {name!r} not found in {path.parent}; choose one of "
                              f"{', '.join(SAMPLE_PHOTOS)}")
     return path
+
+
+def calibration_photos(folder: str | Path | None = None) -> list[np.ndarray]:
+    """The images of `folder` (sorted by name), or the bundled CALIBRATION_PHOTOS."""
+    if folder is None:
+        return [load_rgb(sample_photo(name)) for name in CALIBRATION_PHOTOS]
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OtterliteError(f"--calibration {folder}: no such directory; give a folder of photos")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise OtterliteError(f"--calibration {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it; "
+                             f"add a few representative photos")
+    return [load_rgb(p) for p in files]

@@ -12,7 +12,7 @@ import numpy as np
 
 from otterlite.backends import BACKENDS
 from otterlite.errors import OtterliteError
-from otterlite.export import input_size, read_manifest
+from otterlite.export import fidelity_summary, input_size, read_manifest
 from otterlite.images import load_rgb, psnr, sample_photo
 from otterlite.spec import load_spec
 from otterlite.spec.types import TableMixSpec
@@ -35,7 +35,12 @@ class Result:
 @dataclass
 class Report:
     results: list[Result] = field(default_factory=list)
-    fidelity: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)  # per model: figures, target, pass, failures, source
+
+    @property
+    def faithful(self) -> bool:
+        """Every model meets its fidelity target (a model whose fidelity is unknown does not)."""
+        return all(f["pass"] for f in self.fidelity.values())
 
     @property
     def exact(self) -> bool:
@@ -137,7 +142,12 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> t
 
 
 def verify(folder: str | Path, images: list[str] | None = None, backends: list[str] | None = None,
-           say=print, with_fidelity: bool = True) -> Report:
+           say=print, with_fidelity: bool = True, target=None) -> Report:
+    """Parity of every artifact on every backend, and (with_fidelity) each model's fidelity
+    to its float model against `target` (spec.fidelity.Target; default: its defaults)."""
+    from otterlite.spec.fidelity import Target
+
+    target = target or Target()
     folder = Path(folder)
     manifest = read_manifest(folder)
     names = backends or list(BACKENDS)
@@ -155,7 +165,8 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
         if hashlib.sha256(artifact.read_bytes()).hexdigest() != entry["sha256"]:
             raise OtterliteError(f"{artifact}: sha256 differs from manifest.json: the file is corrupted "
                                  f"or was changed; re-run 'otterlite export'")
-        spec = load_spec((folder / entry["spec_file"]).read_bytes(), entry["spec_file"])
+        spec_bytes = (folder / entry["spec_file"]).read_bytes()
+        spec = load_spec(spec_bytes, entry["spec_file"])
         height, width = input_size(entry)
         key = (entry["spec_file"], height, width)
         if key not in references:  # one reference run per spec and size, shared by its formats
@@ -197,17 +208,33 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             say(f"  {b}: {result.status}" + (f", {result.detail}" if result.detail else ""))
         spec_done.add(key)
         if with_fidelity and entry["model"] not in report.fidelity:
-            report.fidelity[entry["model"]] = fidelity(entry, spec, photos, height, width)
+            say(f"  fidelity of {entry['model']} to its float model ...")
+            report.fidelity[entry["model"]] = fidelity(entry, spec, hashlib.sha256(spec_bytes).hexdigest(),
+                                                       [rgb for _, rgb in photos], target)
     report.results = [r for r in report.results if not r.status.startswith("not applicable")]
     return report
 
 
-def fidelity(entry: dict, spec, photos, height: int, width: int) -> dict:
-    """The spec against the float model it was frozen from (not a parity check)."""
+def fidelity(entry: dict, spec, spec_sha256: str, photos: list[np.ndarray], target) -> dict:
+    """The spec against the float model it was frozen from (not a parity check), judged
+    against `target`: measured here when the checkpoint is at hand, else the figures export
+    recorded for this very spec; unknown (a failure) when neither is there."""
+    measured = measure_fidelity(entry, spec, photos)
+    if measured.get("available", True):
+        return {**target.judge(entry["model"], measured), "source": "measured"}
+    recorded = entry.get("fidelity")
+    if recorded and entry.get("spec_sha256") == spec_sha256:
+        return {**target.judge(entry["model"], recorded), "source": f"recorded at export ({measured['reason']})"}
+    reason = f"fidelity unknown: {measured['reason']}, and manifest.json records none for this spec"
+    return {"available": False, "reason": reason, "pass": False, "failures": [reason]}
+
+
+def measure_fidelity(entry: dict, spec, photos: list[np.ndarray]) -> dict:
     try:
         import torch
 
         from otterlite.models.checkpoint import load_frappe, load_seaotter
+        from otterlite.spec import fidelity as fid
         from otterlite.spec.torch_reference import run_spec
 
         source = entry["checkpoint"]["source"]
@@ -219,31 +246,17 @@ def fidelity(entry: dict, spec, photos, height: int, width: int) -> dict:
         return {"available": False, "reason": str(err).splitlines()[0][:200]}
     if ckpt.sha256 != entry["checkpoint"]["sha256"]:
         return {"available": False, "reason": f"{source} changed since export"}
-    if entry["model"] == "frappe-encoder":
-        equal = total = max_diff = 0
-        d_psnr = []
-        for _, rgb in photos:
-            x = torch.from_numpy(fit(rgb, height, width))
-            ints, floats = run_spec(spec, x), model.encode(x)
-            diffs = [(a.to(torch.int64) - b.to(torch.int64)).abs() for a, b in zip(ints, floats)]
-            equal += sum(int((d == 0).sum()) for d in diffs)
-            total += sum(d.numel() for d in diffs)
-            max_diff = max([max_diff] + [int(d.max()) for d in diffs])
-            original = x[0].numpy().transpose(1, 2, 0)
-            p_int = psnr(original, model.decode(ints)[0].numpy().transpose(1, 2, 0))
-            p_float = psnr(original, model.decode(floats)[0].numpy().transpose(1, 2, 0))
-            d_psnr.append(p_int - p_float)
-        return {"available": True, "equal_share": equal / total, "max_lsb": max_diff,
-                "decoded_psnr_change_db": float(np.mean(d_psnr)), "images": len(photos)}
-    transform = bundle.inv.to_rgb_uint8 if entry["model"] == "seaotter-inverse" else bundle.fwd.to_codec_uint8
-    equal = max_diff = total = 0
-    for _, x in all_colours(1024, 1024):
-        x = torch.from_numpy(x)
-        d = (run_spec(spec, x)[0].to(torch.int64) - transform(x).to(torch.int64)).abs()
-        equal += int((d == 0).sum())
-        total += d.numel()
-        max_diff = max(max_diff, int(d.max()))
-    return {"available": True, "equal_share": equal / total, "max_lsb": max_diff, "inputs": 2 ** 24}
+    if entry["model"] != "frappe-encoder":
+        transform = bundle.inv if entry["model"] == "seaotter-inverse" else bundle.fwd
+        return fid.transform_fidelity(spec, transform, photos)
+    figures = fid.encoder_fidelity(spec, model, photos)
+    d_psnr = []
+    for rgb in photos:
+        x = fid.padded(rgb, spec.largest_stride)
+        original = x[0].numpy().transpose(1, 2, 0)
+        decoded = [model.decode(z)[0].numpy().transpose(1, 2, 0) for z in (run_spec(spec, x), model.encode(x))]
+        d_psnr.append(psnr(original, decoded[0]) - psnr(original, decoded[1]))
+    return {**figures, "decoded_psnr_change_db": float(np.mean(d_psnr))}
 
 
 def format_report(report: Report) -> list[str]:
@@ -266,18 +279,31 @@ def format_report(report: Report) -> list[str]:
                 text = r.status
             row += text.ljust(max(width, 40))
         lines.append(row)
+    if report.fidelity:
+        row = "fidelity".ljust(18)
+        for m in models:
+            fid = report.fidelity.get(m)
+            text = "-" if fid is None else ("unknown: FAIL" if "equal_share" not in fid else
+                                            f"{100 * fid['equal_share']:.2f}% equal, max {fid['max_lsb']} LSB: "
+                                            + ("pass" if fid["pass"] else "FAIL"))
+            row += text.ljust(max(width, 40))
+        lines.append(row)
     for model, fid in report.fidelity.items():
-        if fid.get("available"):
-            extra = (f", decoded PSNR change {fid['decoded_psnr_change_db']:+.3f} dB"
-                     if "decoded_psnr_change_db" in fid else " over all 16.7M inputs")
-            lines.append(f"fidelity {model}: {100 * fid['equal_share']:.3f}% equal to the float model, "
-                         f"max {fid['max_lsb']} LSB{extra}")
-        else:
-            lines.append(f"fidelity {model}: unavailable ({fid.get('reason')})")
+        if "equal_share" not in fid:
+            lines.append(f"fidelity {model}: FAIL, {fid['reason']}")
+            continue
+        extra = f", decoded PSNR change {fid['decoded_psnr_change_db']:+.3f} dB" if "decoded_psnr_change_db" in fid else ""
+        inputs = fid.get("inputs") or f"{fid['images']} photos"
+        lines.append(f"fidelity {model} ({inputs}, {fid['source']}): {fidelity_summary(fid)}{extra}")
     lines.append("ALL EXACT" if report.exact else "NOT EXACT")
+    if report.fidelity:
+        lines.append("ALL FAITHFUL" if report.faithful else
+                     "NOT FAITHFUL: " + ", ".join(m for m, f in report.fidelity.items() if not f["pass"])
+                     + " below the fidelity target")
     return lines
 
 
 def report_data(report: Report) -> dict:
     """The report as plain data, for JSON."""
-    return {"exact": report.exact, "results": [asdict(r) for r in report.results], "fidelity": report.fidelity}
+    return {"exact": report.exact, "faithful": report.faithful, "results": [asdict(r) for r in report.results],
+            "fidelity": report.fidelity}

@@ -267,3 +267,63 @@ def frappe_decode(t, cfg, n, latents):
     y = np.einsum("chw,cokl->ohkwl", x[0], w).reshape(3, hh * dps, ww * dps)
     y = y + t[f"{pre}{i + 1}.bias"].reshape(3, 1, 1)
     return np.clip(y, -1, 1)[None]
+
+
+# --- SEA OTTER as upstream initialises it -------------------------------------------------------
+
+JFIF_FORWARD = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+JFIF_INVERSE = np.array([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
+
+
+def centre_tap_conv(matrix, ks):
+    """(3, 3) matrix -> (3, 3, ks, ks) conv weight holding it at the centre tap, zeros elsewhere."""
+    w = np.zeros((3, 3, ks, ks))
+    w[:, :, ks // 2, ks // 2] = matrix
+    return w
+
+
+def upstream_seaotter_tensors(arch, init, rng, perturb=0.01):
+    """`fwd.*` / `inv.*` as upstream sets them before training (UPSTREAM.md): init "jfif" (conv
+    = the JFIF matrices at the centre tap, forward bias (-128, 0, 0), inverse bias 0) or
+    "identity" (conv = I, forward bias -128, inverse bias 0); every Softsign / SoftsignExpand
+    _σ = r - 1 and every γ = 1. Then each parameter p becomes p * (1 + perturb * N(0, 1)), and
+    each conv weight also gets + perturb * 0.01 * N(0, 1), so zero taps become small, not zero."""
+    ks = 3 if arch == "D" else 1
+    sigma = 30.0 if arch == "F" else 126.0
+    fwd_m, inv_m = (JFIF_FORWARD, JFIF_INVERSE) if init == "jfif" else (np.eye(3), np.eye(3))
+    fwd_b = np.array([-128.0, 0.0, 0.0]) if init == "jfif" else np.full(3, -128.0)
+    a, s = "fwd.analysis_transform.", "inv.synthesis_transform."
+    t = {a + "0.weight": centre_tap_conv(fwd_m, ks), a + "0.bias": fwd_b}
+    if arch in "ADFG":
+        t[a + "1._σ"], t[a + "3.γ"] = np.full(3, sigma), np.ones(3)
+    if arch == "E":
+        t[a + "1.0._σ"], t[a + "1.2.γ"] = np.full(3, sigma), np.ones(3)
+    inv_conv = {"A": 3, "D": 3, "F": 3, "B": 1, "E": 1, "G": 7}[arch]
+    t[f"{s}{inv_conv}.weight"], t[f"{s}{inv_conv}.bias"] = centre_tap_conv(inv_m, ks), np.zeros(3)
+    if arch in "ADF":
+        t[s + "1.γ"], t[s + "2._σ"] = np.ones(3), np.full(3, sigma)
+    if arch == "G":
+        for i in (2, 3, 5):
+            t[f"{s}{i}.γ"] = np.ones(3)
+        for i in (0, 4, 6):
+            t[f"{s}{i}._σ"] = np.full(3, sigma)
+    out = {}
+    for key, value in t.items():
+        value = value * (1 + perturb * rng.standard_normal(value.shape))
+        if key.endswith(".weight"):
+            value = value + perturb * 0.01 * rng.standard_normal(value.shape)
+        out[key] = value.astype(np.float32)
+    return out
+
+
+def write_upstream_seaotter(folder, arch="A", init="jfif", perturb=0.01, seed=0, K=2):
+    """A SEA OTTER checkpoint folder initialised as upstream does (upstream_seaotter_tensors)."""
+    rng = np.random.default_rng(seed)
+    t = upstream_seaotter_tensors(arch, init, rng, perturb)
+    for i in range(K):
+        t[f"qtable.{i}"] = rng.integers(1, 60, (3, 8, 8)).astype(np.int64)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"K": K, "color_xform_arch": arch, "lambdas": [0.1] * K}))
+    save_file(t, str(folder / "seaotter_jpeg_pytorch_model.safetensors"))
+    return folder, t

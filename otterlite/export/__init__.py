@@ -56,18 +56,66 @@ def fixed_input(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (1, 3, height, width), dtype=np.uint8)
 
 
+def parse_weight_bits(value) -> int | str:
+    """'auto' (None too) or an int 2..12."""
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        bits = int(value)
+    except (TypeError, ValueError):
+        bits = None
+    if bits is None or not 2 <= bits <= 12:
+        raise OtterliteError(f"--weight-bits {value}: choose auto (the fewest of 8..12 that meet the fidelity "
+                             f"target) or 2..12 (8 = int8; 9..12 split into int8 parts)")
+    return bits
+
+
+def check_flags(models: list[str], given: dict) -> None:
+    """Refuse a flag that none of the models being exported uses, naming the one that was meant."""
+    uses = {"--checkpoint": "frappe-encoder", "--n-ch": "frappe-encoder", "--weight-bits": "frappe-encoder",
+            "--calibration": "frappe-encoder", "--min-equal": "frappe-encoder", "--k": "seaotter-forward",
+            "--seaotter-checkpoint": ("seaotter-inverse", "seaotter-forward"),
+            "--min-within": ("seaotter-inverse", "seaotter-forward")}
+    meant = {"--checkpoint": "; for a SEA OTTER checkpoint use --seaotter-checkpoint",
+             "--seaotter-checkpoint": "; for a FRAPPE checkpoint use --checkpoint"}
+    for flag, value in given.items():
+        users = uses[flag] if isinstance(uses[flag], tuple) else (uses[flag],)
+        if value is not None and not set(users) & set(models):
+            raise OtterliteError(f"{flag} applies to {' and '.join(users)}, which this export does not include "
+                                 f"({', '.join(models)}){meant.get(flag, '')}")
+
+
 def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | None, n_ch: int | None,
-           weight_bits: int, cache_dir: str | None):
+           weight_bits: int | str, cache_dir: str | None, photos, target, say=print):
+    """-> (spec, checkpoint, fidelity judged against target). weight_bits 'auto': per scale
+    group the fewest in 8..12 that meet the target on `photos()` (spec.fidelity.auto_weight_bits)."""
     from otterlite.models.checkpoint import load_frappe, load_seaotter
+    from otterlite.spec import fidelity as fid
     from otterlite.spec import freeze as f
 
     if model_name == "frappe-encoder":
         model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
-        return f.freeze_frappe_encoder(model, ckpt.sha256, weight_bits), ckpt
+        if weight_bits == "auto":
+            weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target)
+        spec = f.freeze_frappe_encoder(model, ckpt.sha256, weight_bits)
+        say(f"  measuring frappe-encoder fidelity on {len(photos())} calibration photos")
+        return spec, ckpt, target.judge(spec.kind, fid.encoder_fidelity(spec, model, photos()))
     bundle, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
     if model_name == "seaotter-forward":
-        return f.freeze_seaotter_forward(bundle, ckpt.sha256), ckpt
-    return f.freeze_seaotter_inverse(bundle, ckpt.sha256), ckpt
+        spec, transform = f.freeze_seaotter_forward(bundle, ckpt.sha256), bundle.fwd
+    else:
+        spec, transform = f.freeze_seaotter_inverse(bundle, ckpt.sha256), bundle.inv
+    kernel = spec.kernel if isinstance(spec, TableMixSpec) else spec.stages[0].weights.shape[-1]
+    say(f"  measuring {model_name} fidelity on " + ("all 2^24 inputs" if kernel == 1 else "photos + random images"))
+    return spec, ckpt, target.judge(spec.kind, fid.transform_fidelity(spec, transform, photos() if kernel > 1 else []))
+
+
+def low_fidelity_fix(name: str, weight_bits) -> str:
+    if name != "frappe-encoder":
+        return "this checkpoint's transform cannot be frozen faithfully here"
+    if weight_bits == "auto":
+        return "even 12-bit weights miss it (lower --min-equal if that is acceptable)"
+    return "use --weight-bits auto (or more bits)"
 
 
 def build(spec, fmt: str, height: int, width: int) -> bytes:
@@ -139,8 +187,15 @@ def artifact_entry(spec, fmt: str, file: str, data: bytes, height: int, width: i
 
 def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoint: str | None = None,
            seaotter_checkpoint: str | None = None, n_ch: int | None = None, input_size: str | None = None,
-           k: int = 0, weight_bits: int = 8, cache_dir: str | None = None, say=print) -> Path:
-    """Freeze, emit and record; every file is built in memory first, so an error writes nothing."""
+           k: int | None = None, weight_bits: int | str | None = None, cache_dir: str | None = None,
+           calibration: str | None = None, target=None, allow_low_fidelity: bool = False,
+           given: dict | None = None, say=print) -> Path:
+    """Freeze, measure fidelity, emit and record; every file is built in memory first, so an
+    error (a fidelity target missed included, unless allow_low_fidelity) writes nothing.
+    `given`: further flags the caller was given ({flag: value}, None = not given), to refuse
+    those no exported model uses."""
+    from otterlite.images import calibration_photos
+    from otterlite.spec.fidelity import Target
     from otterlite.workflow import write_atomic, write_json
 
     for m in models:
@@ -149,27 +204,47 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
     for f in formats:
         if f not in FORMATS:
             raise OtterliteError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
-    if not 2 <= weight_bits <= 12:
-        raise OtterliteError(f"--weight-bits {weight_bits}: choose 2..12 (8 = int8; 9..12 split into int8 parts)")
+    check_flags(models, {"--checkpoint": checkpoint, "--seaotter-checkpoint": seaotter_checkpoint,
+                         "--n-ch": n_ch, "--weight-bits": weight_bits, "--calibration": calibration, "--k": k,
+                         **(given or {})})
+    weight_bits = parse_weight_bits(weight_bits)
+    target = target or Target()
+    cache = []
+
+    def photos():  # loaded once, and only when a model needs them
+        if not cache:
+            cache.append(calibration_photos(calibration))
+        return cache[0]
     out = Path(out_dir)
     files: dict[str, bytes] = {}
     entries = []
     for name in models:
-        spec, ckpt = freeze(name, checkpoint, seaotter_checkpoint, n_ch, weight_bits, cache_dir)
+        spec, ckpt, fidelity = freeze(name, checkpoint, seaotter_checkpoint, n_ch, weight_bits, cache_dir, photos,
+                                      target, say)
+        if not fidelity["pass"]:
+            problem = f"{name}: {'; '.join(fidelity['failures'])}"
+            if not allow_low_fidelity:
+                raise OtterliteError(f"{problem}: the export would not be the model you trained; "
+                                     f"{low_fidelity_fix(name, weight_bits)}, or pass --allow-low-fidelity "
+                                     f"to export it anyway")
+            say(f"warning: {problem} (exported anyway: --allow-low-fidelity)")
         multiple = spec.largest_stride if name == "frappe-encoder" else 1
         height, width = parse_size(input_size or "512x512", multiple)
         files[f"{name}.spec"] = save_spec(spec)
         extra = {
             "frappe-encoder": {"n_ch": spec.info.get("n_ch"), "scale_groups": spec.info.get("groups"),
-                               "weight_bits": weight_bits},
-            "seaotter-forward": {"k": k, "weight_bits": spec.info.get("weight_bits")},
+                               "weight_bits": spec.info.get("weight_bits")},
+            "seaotter-forward": {"k": k or 0, "weight_bits": spec.info.get("weight_bits")},
         }.get(name, {})
+        extra["fidelity"] = fidelity
+        extra["spec_sha256"] = hashlib.sha256(files[f"{name}.spec"]).hexdigest()
         for fmt in formats:
             data = build(spec, fmt, height, width)
             files[f"{name}.{fmt}"] = data
             entries.append(artifact_entry(spec, fmt, f"{name}.{fmt}", data, height, width, ckpt, extra))
+        bits = f", weight bits {spec.info['weight_bits']}" if name == "frappe-encoder" else ""
         say(f"exported {name}: {', '.join(f'{name}.{f}' for f in formats)} ({height}x{width}, "
-            f"accumulator bound {spec.accumulator_bound})")
+            f"accumulator bound {spec.accumulator_bound}{bits}; fidelity {fidelity_summary(fidelity)})")
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out) if (out / "manifest.json").exists() else {"artifacts": []}
     keep = [e for e in manifest["artifacts"] if (e["model"], e["format"]) not in {(e2["model"], e2["format"]) for e2 in entries}]
@@ -178,6 +253,14 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
         write_atomic(out / file, data)
     write_json(out / "manifest.json", manifest)
     return out
+
+
+def fidelity_summary(fid: dict) -> str:
+    """One line: the figures and pass / FAIL against the target."""
+    text = f"{100 * fid['equal_share']:.3f}% equal to the float model, max {fid['max_lsb']} LSB"
+    if "max_lsb_ordinary" in fid:
+        text += f" (ordinary inputs {fid['max_lsb_ordinary']})"
+    return text + (": pass" if fid["pass"] else ": FAIL (" + "; ".join(fid["failures"]) + ")")
 
 
 def read_manifest(folder: str | Path) -> dict:

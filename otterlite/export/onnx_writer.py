@@ -7,9 +7,11 @@ Only exact forms are used (see shared EXACTNESS facts):
 - thresholds: two-level count. T is padded to 256 columns with INT32_MAX; k = #{m : a >=
   T[16m + 15]} (0..15), then out = base + 16k + #{i < 16 : a >= T[16k + i]}, the 16 fine
   thresholds fetched with GatherElements. Pure int32 compares: exact everywhere.
-- tables: GatherElements on a [3, 256] float32 table of integers; the channel mix is a
-  float32 Conv whose partial sums stay below 2^24; floor(acc / 2^shift) is an int32 Div of
-  a value first clipped to [0, 256 * 2^shift - 1], so truncation equals floor.
+- inverse tables: each tap's codes (int64, + 1, zero padded so 0 means outside the image)
+  plus 257 * term index pick rows of one (terms * 257, 3) int64 table (Gather); ReduceSum
+  over the terms (exact: int64 ReduceSum goes through float64, and |acc| < 2^39);
+  floor(acc / 2^shift) is an int64 Div of a value first clipped to [0, 256 * 2^shift - 1],
+  so truncation equals floor.
 """
 from __future__ import annotations
 
@@ -108,19 +110,27 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
 
 def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: str) -> onnx.ModelProto:
     g = GraphBuilder()
-    k = spec.weights.shape[-1]
-    idx = g.op("Reshape", [g.op("Cast", ["codec"], to=TensorProto.INT64),
-                           g.const("shape_3n", np.array([3, height * width], np.int64))])
-    t = g.op("GatherElements", [g.const("tables_f32", spec.tables.astype(np.float32)), idx], "table_values", axis=1)
-    t = g.op("Reshape", [t, g.const("shape_13hw", np.array([1, 3, height, width], np.int64))])
-    acc = g.op("Conv", [t, g.const("mix_weights_f32", spec.weights.astype(np.float32)),
-                        g.const("mix_bias_f32", spec.bias.astype(np.float32))],
-               kernel_shape=[k, k], pads=[spec.pad] * 4)
-    acc = g.op("Cast", [acc], "accumulator", to=TensorProto.INT32)
+    c, k, p = spec.tables.shape[0], spec.kernel, spec.pad
+    terms = c * k * k
+    z = g.op("Add", [g.op("Cast", ["codec"], to=TensorProto.INT64), g.const("one_i64", np.array(1, np.int64))])
+    if p:
+        z = g.op("Pad", [z, g.const("pads", np.array([0, 0, p, p, 0, 0, p, p], np.int64))], "codec_padded")
+    if k > 1:  # one (1, 1, H, W) slice per term, in the table's (c, u, v) order
+        taps = [g.op("Slice", [z, g.const(f"start_{ci}{u}{v}", np.array([ci, u, v], np.int64)),
+                               g.const(f"end_{ci}{u}{v}", np.array([ci + 1, u + height, v + width], np.int64)),
+                               g.const(f"axes_{ci}{u}{v}", np.array([1, 2, 3], np.int64))])
+                for ci in range(c) for u in range(k) for v in range(k)]
+        z = g.op("Concat", taps, "taps", axis=1)
+    offsets = g.const("term_offsets", (257 * np.arange(terms, dtype=np.int64)).reshape(1, terms, 1, 1))
+    index = g.op("Reshape", [g.op("Add", [z, offsets]), g.const("shape_tn", np.array([terms, height * width], np.int64))])
+    rows = g.op("Gather", [g.const("table_rows", spec.rows().reshape(-1, 3)), index], "table_values", axis=0)  # (T, N, 3)
+    acc = g.op("ReduceSum", [rows, g.const("axis0", np.array([0], np.int64))], keepdims=0)
+    acc = g.op("Add", [acc, g.const("bias_i64", spec.bias.astype(np.int64))], "accumulator")
     top = 256 * 2 ** spec.shift - 1
-    clipped = g.op("Clip", [acc, g.const("zero_i32", np.array(0, np.int32)), g.const("top_i32", np.array(top, np.int32))])
-    out = g.op("Div", [clipped, g.const("divisor_i32", np.array(2 ** spec.shift, np.int32))])
-    g.op("Cast", [out], output_name, to=TensorProto.UINT8)
+    clipped = g.op("Clip", [acc, g.const("zero_i64", np.array(0, np.int64)), g.const("top_i64", np.array(top, np.int64))])
+    out = g.op("Div", [clipped, g.const("divisor_i64", np.array(2 ** spec.shift, np.int64))])
+    out = g.op("Transpose", [g.op("Cast", [out], to=TensorProto.UINT8)], perm=[1, 0])
+    g.op("Reshape", [out, g.const("shape_13hw", np.array([1, 3, height, width], np.int64))], output_name)
     inputs = [helper.make_tensor_value_info("codec", TensorProto.UINT8, [1, 3, height, width])]
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.UINT8, [1, 3, height, width])]
     return finish(g, spec.kind, inputs, outputs)

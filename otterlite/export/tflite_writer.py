@@ -10,9 +10,13 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
   (both exact in float32); each step GATHERs hi and lo at c*256 + pos + step - 1, rebuilds
   T = int32(hi) * 65536 + int32(lo) and adds step where a >= T. Working memory per step is
   a few (h, w, C) tensors, never a (patches, C, 254) comparison.
-- tables: GATHER on a float32 [3*256] table at c*256 + z; the channel mix is a float32
-  CONV_2D whose partial sums stay below 2^24; MAXIMUM/MINIMUM clamp to [0, 256*2^shift - 1]
-  and an int32 DIV by 2^shift (truncation equals floor on non-negative values).
+- inverse tables (the bias folded into channel 0's centre tap): a float32 CONV_2D with
+  one-hot weights turns each tap's code z + 1 (zero padded: 0 = outside) into the flat index
+  3 * (257 * term + z + 1) + o of a row; two GATHERs fetch the entry's parts hi = e >> 16 and
+  lo = e & 0xFFFF (float32-exact); a 0/1 CONV_2D sums them per output (partial sums below
+  2^24 as |acc| < 2^39); CAST int32; hi clamped to +-M (which keeps the clamped output, see
+  `sum_parts`), then hi * 65536 + lo fits int32; MAXIMUM/MINIMUM clamp to
+  [0, 256*2^shift - 1] and an int32 DIV by 2^shift (truncation equals floor on non-negative values).
 """
 from __future__ import annotations
 
@@ -280,18 +284,48 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
     return g.serialize([image], outputs, spec.kind)
 
 
+def sum_parts(g: TfliteGraph, hi: int, lo: int, terms: int, shift: int) -> int:
+    """int32 hi * 65536 + lo of the summed parts, lo in [0, terms * 65536). hi is first clamped
+    to +-M, M = max(terms, 2^(shift - 8)) + 1: hi > M means acc >= 256 * 2^shift either way
+    (output 255), hi < -M means acc < 0 either way (output 0), and M * 65536 + lo fits int32."""
+    shape = g.shape(hi)
+    m = max(terms, 2 ** max(shift - 8, 0)) + 1
+    assert (m + terms) * 65536 < INT32_LIMIT, "the clamped parts must combine inside int32"
+    hi = g.op(Op.MAXIMUM, [hi, g.const("hi_low", np.array([-m], np.int32))], np.int32, shape, "hi_clamped_low")
+    hi = g.op(Op.MINIMUM, [hi, g.const("hi_top", np.array([m], np.int32))], np.int32, shape, "hi_clamped")
+    hi = g.op(Op.MUL, [hi, g.const("part_scale", np.array([65536], np.int32))], np.int32, shape, "hi_scaled")
+    return g.op(Op.ADD, [hi, lo], np.int32, shape, "accumulator")
+
+
 def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: str) -> bytes:
     g = TfliteGraph()
+    c, k = spec.tables.shape[0], spec.kernel
+    terms = c * k * k
     shape = [1, height, width, 3]
     codec = g.tensor("codec", np.uint8, shape, zero_point=0)
     z = g.op(Op.DEQUANTIZE, [codec], np.float32, shape, "codec_f32")
-    z = g.op(Op.CAST, [z], np.int32, shape, "codec_int")
-    index = g.op(Op.ADD, [z, g.const("table_offsets", np.array([0, 256, 512], np.int32))], np.int32, shape,
-                 "table_index")
-    t = g.op(Op.GATHER, [g.const("tables_f32", spec.tables.astype(np.float32).ravel()), index], np.float32, shape,
-             "table_values", Axis=0, BatchDims=0)
-    acc = conv_float(g, t, spec.weights, spec.bias, 1, spec.pad, "mix")
-    acc = g.op(Op.CAST, [acc], np.int32, shape, "accumulator")
+    z = g.op(Op.ADD, [z, g.const("one_f32", np.array([1], np.float32))], np.float32, shape, "codec_plus_one")
+    select = np.zeros((terms * 3, c, k, k))  # output channel 3 * (c, u, v) + o picks z + 1 at that tap
+    for j, (ci, u, v) in enumerate(np.ndindex(c, k, k)):
+        select[3 * j:3 * j + 3, ci, u, v] = 3
+    offsets = (3 * 257 * np.repeat(np.arange(terms), 3) + np.tile(np.arange(3), terms)).astype(np.float32)
+    index = conv_float(g, z, select, offsets, 1, spec.pad, "select")
+    index = g.op(Op.CAST, [index], np.int32, g.shape(index), "row_index")
+    rows = spec.rows()
+    rows[0, k // 2, k // 2, 1:] += spec.bias  # the centre tap is always inside the image
+    total = (np.abs(rows).max(axis=3).reshape(terms, 3).sum(axis=0) // 65536).max() + terms  # summed |hi| parts
+    rows = rows.ravel()
+    assert total < FLOAT_EXACT_LIMIT, "freeze keeps |acc| < 2^39, so the summed hi parts are float32-exact"
+    group_sum = np.zeros((3, terms * 3, 1, 1))
+    for j in range(terms):
+        group_sum[:, 3 * j:3 * j + 3, 0, 0] = np.eye(3)
+    parts = []
+    for half, table in (("hi", rows >> 16), ("lo", rows & 0xFFFF)):
+        values = g.op(Op.GATHER, [g.const(f"table_{half}", table.astype(np.float32)), index], np.float32,
+                      g.shape(index), f"table_{half}", Axis=0, BatchDims=0)
+        summed = conv_float(g, values, group_sum, np.zeros(3), 1, 0, f"sum_{half}")
+        parts.append(g.op(Op.CAST, [summed], np.int32, shape, f"sum_{half}_int"))
+    acc = sum_parts(g, parts[0], parts[1], terms, spec.shift)
     top = 256 * 2 ** spec.shift - 1
     acc = g.op(Op.MAXIMUM, [acc, g.const("zero_i32", np.array([0], np.int32))], np.int32, shape, "clamped_low")
     acc = g.op(Op.MINIMUM, [acc, g.const("top_i32", np.array([top], np.int32))], np.int32, shape, "clamped")

@@ -213,7 +213,7 @@ class FrappeEncoder(nn.Module):
             for g in self.groups)
 
     def input_transform(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = x_uint8.to(torch.float32) / 127.5 - 1
+        x = x_uint8.to(self.encoders[0][0].weight.dtype) / 127.5 - 1  # float32, or float64 for a .double() copy
         return linearise_input(x) if self.linear_input else x
 
     def companded(self, x_uint8: torch.Tensor) -> list[torch.Tensor]:

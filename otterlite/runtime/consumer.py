@@ -1,8 +1,8 @@
 """The consumer: SEA OTTER JPEG -> libjpeg (Pillow, no colour conversion) -> the exported
 inverse transform's integer spec -> RGB. numpy + Pillow only.
 
-    t[c] = table[c, z[c]];  acc[o] = sum_{c,u,v} W[o, c, u, v] t[c, . + u - pad] + bias[o]
-    rgb[o] = clamp(floor(acc[o] / 2^shift), 0, 255)                 (integers throughout)
+    acc[o] = bias[o] + sum_{c,u,v} tables[c, u, v, z[c, . + u - pad, . + v - pad], o]  (0 outside)
+    rgb[o] = clamp(floor(acc[o] / 2^shift), 0, 255)          (int64: |acc| < 2^39 by the spec)
 
 A 1x1 mix makes rgb a function of one pixel's three codes, so it is tabulated once for all
 2^24 code triples (64 MB, built with integer arithmetic from the spec) and each pixel is one
@@ -29,24 +29,25 @@ def load_inverse_spec(source: str | Path | bytes) -> TableMixSpec:
 
 
 def apply_inverse(spec: TableMixSpec, codec: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB by the formula (any mix size)."""
+    """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB by the formula (any kernel size)."""
     h, w, _ = codec.shape
-    t = np.stack([spec.tables[c].astype(np.int32)[codec[..., c]] for c in range(3)], axis=-1)
-    p, k = spec.pad, spec.weights.shape[-1]
-    t = np.pad(t, ((p, p), (p, p), (0, 0)))
-    acc = np.broadcast_to(spec.bias.astype(np.int32), (h, w, 3)).copy()
-    for u in range(k):
-        for v in range(k):
-            acc += t[u:u + h, v:v + w] @ spec.weights[:, :, u, v].T.astype(np.int32)
+    p, k = spec.pad, spec.kernel
+    rows = spec.rows()
+    index = np.pad(codec.astype(np.intp) + 1, ((p, p), (p, p), (0, 0)))  # row 0: outside the image
+    acc = np.broadcast_to(spec.bias, (h, w, 3)).copy()
+    for c in range(spec.tables.shape[0]):
+        for u in range(k):
+            for v in range(k):
+                acc += rows[c, u, v][index[u:u + h, v:v + w, c]]
     return np.clip(acc >> spec.shift, 0, 255).astype(np.uint8)
 
 
 def pointwise_table(spec: TableMixSpec) -> np.ndarray:
-    """For a 1x1 mix: uint32 table over code = z0 | z1 << 8 | z2 << 16, holding r | g << 8 | b << 16."""
-    parts = spec.weights[:, :, 0, 0].astype(np.int32)[:, :, None] * spec.tables.astype(np.int32)[None]  # (o, c, z)
+    """For a 1x1 kernel: uint32 table over code = z0 | z1 << 8 | z2 << 16, holding r | g << 8 | b << 16."""
+    t = spec.tables[:, 0, 0]  # (c, z, o)
     packed = np.zeros((256, 256, 256), np.uint32)  # [z2, z1, z0]
     for o in range(3):
-        acc = parts[o, 2][:, None, None] + parts[o, 1][None, :, None] + (parts[o, 0] + int(spec.bias[o]))[None, None]
+        acc = t[2, :, o][:, None, None] + t[1, :, o][None, :, None] + (t[0, :, o] + int(spec.bias[o]))[None, None]
         packed |= np.clip(acc >> spec.shift, 0, 255).astype(np.uint32) << (8 * o)
     return packed.ravel()
 
@@ -56,7 +57,7 @@ class ConsumerDecoder:
 
     def __init__(self, spec: TableMixSpec):
         self.spec = spec
-        self.table = pointwise_table(spec) if spec.weights.shape[-1] == 1 else None
+        self.table = pointwise_table(spec) if spec.kernel == 1 else None
 
     def decode(self, data: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
         image, meta = open_codec_jpeg(data, source)

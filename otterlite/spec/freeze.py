@@ -9,11 +9,13 @@ decreases in a get negated weights, so every table is ascending.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, ConvStage, TableMixSpec,
+from otterlite.spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TABLE_SUM_LIMIT, ConvStage, TableMixSpec,
                                   ThresholdConvSpec, accumulator_range)
 
 FRAPPE_WEIGHT_BITS = 8
@@ -29,7 +31,7 @@ def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 def elementwise(module: torch.nn.Module):
     """A per-channel elementwise torch module as a float64 numpy function of (C, M) values."""
-    module = module.double()
+    module = copy.deepcopy(module).double()  # a float64 copy: the caller's model is left as it is
 
     def fn(u: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -94,24 +96,29 @@ def check_bound(spec, limit: int, what: str):
     return spec
 
 
-def freeze_frappe_encoder(model, source_sha256: str, weight_bits: int = FRAPPE_WEIGHT_BITS) -> ThresholdConvSpec:
-    """x_in = x/127.5 - 1, so u = s_c * (a - 127.5 * sum W_int) / 127.5 + b_c."""
+def freeze_frappe_encoder(model, source_sha256: str, weight_bits: int | list[int] = FRAPPE_WEIGHT_BITS
+                          ) -> ThresholdConvSpec:
+    """x_in = x/127.5 - 1, so u = s_c * (a - 127.5 * sum W_int) / 127.5 + b_c. weight_bits: one
+    for every scale group, or a list with one per group."""
     enc = model.encoder
+    bits = list(weight_bits) if isinstance(weight_bits, (list, tuple)) else [weight_bits] * len(enc.groups)
+    if len(bits) != len(enc.groups):
+        raise OtterliteError(f"{len(bits)} weight bit widths for {len(enc.groups)} scale groups")
     if enc.linear_input:
         raise OtterliteError("linear_input FRAPPE checkpoints are not supported by the integer "
                              "export yet (the sRGB linearisation would need an input table)")
     stages = []
-    for g, seq in zip(enc.groups, enc.encoders):
+    for g, seq, group_bits in zip(enc.groups, enc.encoders, bits):
         w = seq[0].weight.detach().double().numpy()
         b = seq[0].bias.detach().double().numpy()
         fn = elementwise(seq[1])
 
         def offset(w_int, s, b=b):
             return b - s * w_int.reshape(len(s), -1).sum(1)
-        stages.append(freeze_threshold_stage(w, np.full(len(b), 1 / 127.5), offset, fn, weight_bits,
+        stages.append(freeze_threshold_stage(w, np.full(len(b), 1 / 127.5), offset, fn, group_bits,
                                              -127, 254, 127, g.ps, 0, (g.start, g.end)))
     spec = ThresholdConvSpec("frappe-encoder", stages, -127, "int8", source_sha256,
-                             {"weight_bits": weight_bits, "n_ch": model.n_ch,
+                             {"weight_bits": bits, "n_ch": model.n_ch,
                               "groups": [[g.ps, g.start, g.end] for g in enc.groups]})
     return check_bound(spec, INT32_LIMIT, "frappe-encoder")
 
@@ -148,39 +155,71 @@ def inverse_float_parts(inv) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         w, b = w * 127.5, b * 127.5 + 127.5
     else:
         with torch.no_grad():
-            table = torch.nn.Sequential(*layers[:conv_index]).double()(z - 128.0)
+            table = copy.deepcopy(torch.nn.Sequential(*layers[:conv_index])).double()(z - 128.0)
         b = b + 128.0
     return table[0, :, :, 0].numpy(), w, b, conv.padding[0]
 
 
-def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
-    """Tables t_int = round(t * 2^e_c), W_int = round(W' * 2^(shift - e_c)),
-    bias = round(b' * 2^shift) + 2^(shift - 1). (shift, e) maximise precision under the
-    float32-exact bound |acc| < 2^24, minimising the worst-case rounding error."""
-    table, w, b, pad = inverse_float_parts(bundle.inv)
+def inverse_terms(inv) -> tuple[np.ndarray, np.ndarray, int]:
+    """Any arch as rgb[o] = clamp(round(b'[o] + sum_{c,u,v} P[c, u, v, z, o]), 0, 255) with the
+    float64 terms P = W'[o, c, u, v] * table_c(z) (z the code at tap u, v); -> (P, b', pad)."""
+    table, w, b, pad = inverse_float_parts(inv)
     if not np.all(np.isfinite(table)):
         raise OtterliteError("seaotter-inverse: the per-channel stages are not finite on uint8 input")
-    t_peak = np.abs(table).max(axis=1)
-    w_abs = np.abs(w).sum(axis=(2, 3))
-    taps = w.shape[2] * w.shape[3]
-    best = None
-    for shift in range(4, 24):
-        for e in range(-8, 16):
-            t_int = np.round(table * 2.0 ** e)
-            w_int = np.round(w * 2.0 ** (shift - e))
-            bias = np.round(b * 2.0 ** shift) + 2 ** (shift - 1)
-            bound = (np.abs(w_int).sum(axis=(2, 3)) @ np.abs(t_int).max(axis=1) + np.abs(bias)).max()
-            if bound >= FLOAT_EXACT_LIMIT:
-                continue
-            err = (0.5 * 2.0 ** -e * w_abs.sum(1) + 0.5 * 2.0 ** (e - shift) * taps * t_peak.sum()
-                   + 0.5 * 2.0 ** -shift).max()
-            if best is None or err < best[0]:
-                best = (err, shift, e, t_int, w_int, bias)
-    if best is None:
-        raise OtterliteError("seaotter-inverse: no integer scaling keeps the accumulator below 2^24; "
-                             "the tables or weights are too large to export bit-exactly")
-    err, shift, e, t_int, w_int, bias = best
-    spec = TableMixSpec("seaotter-inverse", t_int.astype(np.int64), w_int.astype(np.int64),
-                        bias.astype(np.int64), shift, pad, source_sha256,
-                        {"arch": bundle.arch, "table_exponent": e, "error_bound_lsb": float(err)})
-    return check_bound(spec, FLOAT_EXACT_LIMIT, "seaotter-inverse")
+    return np.einsum("ocuv,cz->cuvzo", w, table), b, pad
+
+
+def saturating_entries(terms: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Entries P[c, u, v, z, o] that saturate output o on their own: with rest = |b'[o]| + the
+    largest |P| of every other term over its non-saturating entries, P - rest >= 256 (the
+    output is 255 whatever the other codes) or P + rest <= -1 (it is 0). Iterated to a fixed
+    point: each round only shrinks rest. (Two saturating entries of opposite sign in one
+    sum are not covered: there the float output depends on their exact ratio.)"""
+    outputs = terms.shape[-1]
+    sat = np.zeros(terms.shape, bool)
+    while True:
+        peak = np.where(sat, 0.0, np.abs(terms)).max(axis=3)  # (C, k, k, O)
+        rest = (peak.reshape(-1, outputs).sum(axis=0) + np.abs(bias) - peak)[:, :, :, None]
+        grown = (terms - rest >= 256) | (terms + rest <= -1)
+        if np.array_equal(grown, sat):
+            return sat
+        sat = grown
+
+
+def integer_terms(terms, bias, shift, pad, source_sha256, sat=None) -> TableMixSpec:
+    """The spec at scale 2^shift: entries round_half_even(P * 2^shift), bias round(b' * 2^shift) +
+    2^(shift - 1). With `sat`, each saturating entry becomes sign(P) * L[o], L[o] = |bias[o]| +
+    the sum of every term's largest other |entry| + 256 * 2^shift: it still outweighs any
+    ordinary codes of the other terms, so the clamped output is unchanged."""
+    bias_int = np.round(bias * 2.0 ** shift) + 2 ** (shift - 1)
+    tables = np.round(terms * 2.0 ** shift)
+    if sat is not None:
+        ordinary = np.where(sat, 0.0, tables)
+        peaks = np.abs(ordinary).max(axis=3).reshape(-1, terms.shape[-1]).sum(axis=0)
+        tables = np.where(sat, np.sign(terms) * (peaks + np.abs(bias_int) + 256 * 2 ** shift), ordinary)
+    return TableMixSpec("seaotter-inverse", tables.astype(np.int64), bias_int.astype(np.int64), shift, pad,
+                        source_sha256)
+
+
+def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
+    """The largest shift (most precision, up to 21) whose accumulator bound stays below
+    TABLE_SUM_LIMIT with every entry as it is; singular codes (a clamped SoftsignExpand
+    denominator gives about -16 million) keep their exact value, so the sums where they
+    meet follow the float model. Only if no shift fits are the saturating entries clipped
+    (integer_terms with sat). Rounding error on the rest: at most 0.5 * 2^-shift per term
+    and for the bias, in output LSB."""
+    terms, b, pad = inverse_terms(bundle.inv)
+    sat, spec = None, None
+    for attempt in ("exact", "clipped"):
+        if attempt == "clipped":
+            sat = saturating_entries(terms, b)
+        for shift in range(21, 0, -1):  # 256 * 2^shift, the clamp's top, stays far inside int32
+            spec = integer_terms(terms, b, shift, pad, source_sha256, sat)
+            if spec.accumulator_bound < TABLE_SUM_LIMIT:
+                break
+        if spec.accumulator_bound < TABLE_SUM_LIMIT:
+            break
+    used = int(np.count_nonzero(np.abs(terms).max(axis=3), axis=(0, 1, 2)).max())  # terms per output
+    spec.info = {"arch": bundle.arch, "clipped_entries": 0 if sat is None else int(sat.sum()),
+                 "error_bound_lsb": 0.5 * (used + 1) * 2.0 ** -spec.shift}
+    return check_bound(spec, TABLE_SUM_LIMIT, "seaotter-inverse")

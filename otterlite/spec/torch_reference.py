@@ -48,12 +48,21 @@ def run_threshold_conv(spec: ThresholdConvSpec, x_uint8: torch.Tensor, intermedi
 
 
 def run_table_mix(spec: TableMixSpec, z_uint8: torch.Tensor, intermediate: bool = False):
-    tables = torch.from_numpy(spec.tables)
-    idx = z_uint8.to(torch.int64)
-    t = torch.stack([tables[c][idx[:, c]] for c in range(3)], dim=1)
-    acc = conv_int(t, torch.from_numpy(spec.weights), 1, spec.pad) + torch.from_numpy(spec.bias).view(1, 3, 1, 1)
+    """acc[o] = bias[o] + sum_{c,u,v} tables[c, u, v, z[c, . + u - pad, . + v - pad], o] (0 outside
+    the image), rgb = clamp(floor(acc / 2^shift), 0, 255); int64 throughout."""
+    c, k = spec.tables.shape[0], spec.kernel
+    n, _, h, w = z_uint8.shape
+    p = spec.pad
+    rows = torch.from_numpy(spec.rows())
+    index = F.pad(z_uint8.to(torch.int64) + 1, (p, p, p, p))  # row 0: outside the image
+    acc = torch.from_numpy(spec.bias).view(1, 1, 1, 3).repeat(n, h, w, 1)
+    for ci in range(c):
+        for u in range(k):
+            for v in range(k):
+                acc += rows[ci, u, v][index[:, ci, u:u + h, v:v + w]]
+    acc = acc.permute(0, 3, 1, 2)
     out = torch.clamp(torch.div(acc, 2 ** spec.shift, rounding_mode="floor"), 0, 255).to(torch.uint8)
-    return ([out], {"tables": t, "accumulator": acc}) if intermediate else [out]
+    return ([out], {"accumulator": acc}) if intermediate else [out]
 
 
 def run_spec(spec, x_uint8: torch.Tensor, intermediate: bool = False):

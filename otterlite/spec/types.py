@@ -7,14 +7,18 @@ ThresholdConvSpec (frappe-encoder, seaotter-forward), per stage (scale group):
   i.e. a monotone per-channel step function of an exact accumulator: no rounding at run
   time; all rounding (the float model's round-half-even) is inside the thresholds.
 
-TableMixSpec (seaotter-inverse):
-    t[c, h, w]   = table[c, z[c, h, w]]                            (z uint8, exact lookup)
-    acc[o, h, w] = sum_{c,u,v} W[o, c, u, v] * t[c, h + u - pad, w + v - pad] + bias[o]
-                   (t zero outside the image; |acc| < 2^24, so exact in int32 and float32)
+TableMixSpec (seaotter-inverse): the per-channel stages and the channel mix folded into one
+table per (input channel c, tap u, v), holding all three outputs:
+    acc[o, h, w] = bias[o] + sum_{c,u,v} tables[c, u, v, z[c, h + u - pad, w + v - pad], o]
+                   (z uint8; a tap outside the image adds 0; exact integer sum,
+                   |acc| <= accumulator_bound < 2^39: exact in int64 and float64; the
+                   TFLite form sums hi * 2^16 + lo parts, each below 2^24 in float32)
     out[o, h, w] = clamp(floor(acc / 2^shift), 0, 255)      (bias holds +2^(shift-1):
                    round half up of the scaled sum)
+  Every table entry is one rounded product round(W' * t(z) * 2^shift), so a huge table value
+  (a singular code) never costs the ordinary codes their precision (spec/freeze.py).
 
-Blob layout (little-endian): magic b"OTLS", u8 version (1), 3 zero bytes, u32 JSON length
+Blob layout (little-endian): magic b"OTLS", u8 version (2), 3 zero bytes, u32 JSON length
 N, N bytes of UTF-8 JSON (kind, fields, and for each array its name, dtype, shape and
 byte offset from the start of the array area), zero padding to a multiple of 16, then the
 arrays, each C-contiguous and starting at a multiple of 16.
@@ -31,10 +35,11 @@ import numpy as np
 from otterlite.errors import OtterliteError
 
 MAGIC = b"OTLS"
-VERSION = 1
+VERSION = 2  # 2: the inverse as folded tables (1 held tables + weights)
 FLOAT_EXACT_LIMIT = 2 ** 24  # every partial sum below this is exact in float32
 INT32_LIMIT = 2 ** 31
 INT32_MAX = INT32_LIMIT - 1
+TABLE_SUM_LIMIT = 2 ** 39  # the inverse's sum: exact in int64 / float64, and in TFLite's two float32 parts
 
 
 def padded_thresholds(thresholds: np.ndarray, columns: int = 256) -> np.ndarray:
@@ -94,8 +99,7 @@ class ThresholdConvSpec:
 @dataclass
 class TableMixSpec:
     kind: str  # "seaotter-inverse"
-    tables: np.ndarray  # (3, 256) int64
-    weights: np.ndarray  # (3, 3, k, k) int64
+    tables: np.ndarray  # (C, k, k, 256, 3) int64: tables[c, u, v, z, o]
     bias: np.ndarray  # (3,) int64, includes the rounding constant 2^(shift-1)
     shift: int
     pad: int
@@ -103,15 +107,24 @@ class TableMixSpec:
     info: dict = field(default_factory=dict)
 
     @property
+    def kernel(self) -> int:
+        return self.tables.shape[1]
+
+    def rows(self) -> np.ndarray:
+        """(C, k, k, 257, 3): row 0 of every term is 0 (a tap outside the image), row z + 1 is
+        tables[c, u, v, z]; the emitters index it with the zero-padded codes + 1."""
+        return np.concatenate([np.zeros(self.tables.shape[:3] + (1, 3), np.int64), self.tables], axis=3)
+
+    @property
     def accumulator_bound(self) -> int:
-        t = np.abs(self.tables).max(axis=1)  # per input channel
-        w = np.abs(self.weights).sum(axis=(2, 3))  # (out, in)
-        return int((w @ t + np.abs(self.bias)).max())
+        """max over outputs o of |bias[o]| + sum_{c,u,v} max_z |tables[c, u, v, z, o]|."""
+        peaks = np.abs(self.tables).max(axis=3).reshape(-1, self.tables.shape[-1]).sum(axis=0)
+        return int((peaks + np.abs(self.bias)).max())
 
 
 def _arrays(spec) -> dict[str, np.ndarray]:
     if isinstance(spec, TableMixSpec):
-        return {"tables": spec.tables, "weights": spec.weights, "bias": spec.bias}
+        return {"tables": spec.tables, "bias": spec.bias}
     out = {}
     for i, s in enumerate(spec.stages):
         out[f"stage{i}.weights"] = s.weights
@@ -161,7 +174,8 @@ def load_spec(data: bytes, source: str = "spec"):
         raise OtterliteError(f"{source}: not an otterlite integer spec (magic {data[:4]!r})")
     version, length = struct.unpack_from("<B3xI", data, 4)
     if version != VERSION:
-        raise OtterliteError(f"{source}: spec version {version}; this otterlite reads {VERSION}: upgrade otterlite")
+        fix = "re-run 'otterlite export' with this otterlite" if version < VERSION else "upgrade otterlite"
+        raise OtterliteError(f"{source}: spec version {version}; this otterlite reads {VERSION}: {fix}")
     try:
         meta = json.loads(data[12:12 + length])
         start = 12 + length + (-(12 + length) % 16)
@@ -173,8 +187,8 @@ def load_spec(data: bytes, source: str = "spec"):
     except (ValueError, KeyError, TypeError) as err:
         raise OtterliteError(f"{source}: corrupted integer spec ({err})") from None
     if meta["class"] == "TableMixSpec":
-        return TableMixSpec(meta["kind"], arrays["tables"], arrays["weights"], arrays["bias"],
-                            meta["shift"], meta["pad"], meta["source_sha256"], meta["info"])
+        return TableMixSpec(meta["kind"], arrays["tables"], arrays["bias"], meta["shift"], meta["pad"],
+                            meta["source_sha256"], meta["info"])
     stages = [ConvStage(arrays[f"stage{i}.weights"], arrays[f"stage{i}.thresholds"], s["stride"], s["pad"],
                         tuple(s["channels"])) for i, s in enumerate(meta["stages"])]
     return ThresholdConvSpec(meta["kind"], stages, meta["base"], meta["out_dtype"], meta["source_sha256"], meta["info"])
