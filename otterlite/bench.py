@@ -64,20 +64,23 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     from PIL import Image
 
     from otterlite.backends import BACKENDS
-    from otterlite.export import build
+    from otterlite.export import build, freeze, photo_loader
     from otterlite.models.checkpoint import load_frappe, load_seaotter
     from otterlite.models.jpeg import write_codec_jpeg
     from otterlite.runtime import ConsumerDecoder, StreamingEncoder
-    from otterlite.spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
+    from otterlite.spec.fidelity import Target
+    from otterlite.spec.freeze import freeze_seaotter_inverse
 
     torch.set_num_threads(1)
     steady_allocator()
     model, ckpt = load_frappe()
-    spec = freeze_frappe_encoder(model, ckpt.sha256)
+    spec, _, _ = freeze("frappe-encoder", None, None, None, "auto", None, photo_loader(None), Target(),
+                        say=lambda line: None)  # the encoder 'otterlite export' writes by default
     bundle, so_ckpt = load_seaotter()
     consumer = ConsumerDecoder(freeze_seaotter_inverse(bundle, so_ckpt.sha256))
     available = [b for b in ENCODERS if not BACKENDS[b].missing()]
-    result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"]}
+    result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"],
+              "weight_bits": spec.info["weight_bits"]}
     steps, step = len(sizes) * (len(available) + 2), 0
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in sizes:
@@ -136,7 +139,7 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
 def summary(result: dict) -> list[str]:
     at = result["figures_at"]
     fastest = result["fastest_exact_encoder"]
-    lines = [f"at {at}, 1 thread, {result['n_ch']} channels:"]
+    lines = [f"at {at}, 1 thread, {result['n_ch']} channels, weight bits {result.get('weight_bits')}:"]
     for name, fig in result["encoder"].items():
         lines.append(f"  encoder {name:<16} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float")
     lines.append(f"  fastest exact encoder: {fastest} ({result['encoder'][fastest]['vs_torch_float']:.2f}x torch float)"

@@ -137,7 +137,8 @@ def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = Non
     """runtime: numpy | onnx | tflite | torch | c (the integer spec: identical bytes), or float (the
     research float model, which differs from the deployed encoder in about 1% of latents by 1).
     models: an export DIR whose frappe-encoder.spec is used (numpy alone suffices); otherwise
-    the checkpoint is frozen here (needs torch)."""
+    the checkpoint is frozen here as 'otterlite export' does by default (needs torch, and
+    scikit-image for the calibration photos of --weight-bits auto)."""
     rgb = load_rgb(image)
     if runtime not in (*RUNTIMES, "float"):
         raise OtterliteError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}, float")
@@ -154,12 +155,16 @@ def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = Non
             if n_ch is not None and n_ch != spec.info.get("n_ch"):
                 raise OtterliteError(f"--n-ch {n_ch}, but {models} holds a {spec.info.get('n_ch')}-channel "
                                      f"encoder; re-export with --n-ch {n_ch} or drop --n-ch")
-        else:
-            from otterlite.models.checkpoint import load_frappe
-            from otterlite.spec.freeze import freeze_frappe_encoder
+        else:  # frozen here exactly as 'otterlite export' freezes it (weight bits auto)
+            from otterlite.export import freeze, photo_loader
+            from otterlite.images import notice
+            from otterlite.spec.fidelity import Target
 
-            model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
-            spec = freeze_frappe_encoder(model, ckpt.sha256)
+            spec, _, fidelity = freeze("frappe-encoder", checkpoint, None, n_ch, "auto", cache_dir, photo_loader(None),
+                                       Target(), say=lambda line: None)
+            if not fidelity["pass"]:
+                notice(f"frappe-encoder: {'; '.join(fidelity['failures'])}; 'otterlite export' would refuse "
+                       f"this checkpoint")
         frame = encode_spec(spec, rgb, runtime)
     data = write_container(frame)
     return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1])

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file
 
+PUBLISHED_PS = [32, 32, 32, 16, 16, 16, 16, 16, 16, 8, 8, 8]  # the published 12-channel layout
 SMALL_FRAPPE = {
     "ps": [32, 16, 16, 8, 8, 4], "decoder_ps": 16, "input_channels": 3, "encoder_arch": "SC8",
     "decoder_dim": 16, "decoder_kernel_size": 3, "decoder_arch": "CT", "decoder_mlp_ratio": 2,
@@ -32,15 +33,20 @@ def decoder_in_channels(ps, dps):
     return sum((e - s) * ((dps // p) ** 2 if p < dps else 1) for p, s, e in groups_of(ps))
 
 
-def frappe_snapshot(cfg, n, rng):
+def frappe_snapshot(cfg, n, rng, realistic=False):
+    """Random snapshot n. The default is a stress test (|σ| 1..5: a companding far steeper than
+    trained models have, which even 12-bit weights cannot follow to 99%); realistic=True draws
+    encoders at the scale of trained ones (weights N(0, 1/ps) as the embedded default's,
+    |σ| 20..150 around upstream's initial r - 1 = 126, γ 0.7..1.6)."""
     t = {}
     r = lambda *shape, scale=0.1: (rng.standard_normal(shape) * scale).astype(np.float32)  # noqa: E731
+    sigma, gamma, weight = ((20.0, 150.0), (0.7, 1.6), 1.0) if realistic else ((1.0, 5.0), (0.5, 1.5), 2.0)
     for s, (p, a, b) in enumerate(groups_of(cfg["ps"][:n])):
         c = b - a
-        t[f"merged.{n}.encoders.{s}.0.weight"] = r(c, 3, p, p, scale=2.0 / p)
+        t[f"merged.{n}.encoders.{s}.0.weight"] = r(c, 3, p, p, scale=weight / p)
         t[f"merged.{n}.encoders.{s}.0.bias"] = r(c)
-        t[f"merged.{n}.encoders.{s}.1.0._σ"] = (rng.uniform(1.0, 5.0, c) * rng.choice([-1, 1], c)).astype(np.float32)
-        t[f"merged.{n}.encoders.{s}.1.2.γ"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+        t[f"merged.{n}.encoders.{s}.1.0._σ"] = (rng.uniform(*sigma, c) * rng.choice([-1, 1], c)).astype(np.float32)
+        t[f"merged.{n}.encoders.{s}.1.2.γ"] = rng.uniform(*gamma, c).astype(np.float32)
     d, k, dps = cfg["decoder_dim"], cfg["decoder_kernel_size"], cfg["decoder_ps"]
     mlp = int(cfg["decoder_mlp_ratio"])
     pre = f"merged.{n}.decoder."
@@ -71,11 +77,11 @@ def frappe_snapshot(cfg, n, rng):
     return t
 
 
-def write_frappe(folder, cfg=SMALL_FRAPPE, seed=0, snapshots=None):
+def write_frappe(folder, cfg=SMALL_FRAPPE, seed=0, snapshots=None, realistic=False):
     rng = np.random.default_rng(seed)
     tensors = {}
     for n in snapshots or range(1, cfg["n_trained"] + 1):
-        tensors.update(frappe_snapshot(cfg, n, rng))
+        tensors.update(frappe_snapshot(cfg, n, rng, realistic))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg))

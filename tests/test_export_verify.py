@@ -50,14 +50,18 @@ def test_parity_default_models(exported, backend):
 
 def test_fidelity_goals(exported):
     report = verify(exported, backends=["torch-int"], say=lambda line: None)
+    assert report.faithful and set(report.fidelity) == set(MODELS)
     enc = report.fidelity["frappe-encoder"]
-    assert enc["max_lsb"] <= 1 and enc["equal_share"] > 0.98
-    inv = report.fidelity["seaotter-inverse"]
-    assert inv["max_lsb"] <= 1 and inv["inputs"] == 2 ** 24
+    assert enc["max_lsb"] <= 1 and enc["equal_share"] >= 0.99 and enc["pass"] and enc["source"] == "measured"
+    assert [g["patch"] for g in enc["groups"]] == [32, 16, 8]
+    for name in ("seaotter-inverse", "seaotter-forward"):
+        fid = report.fidelity[name]
+        assert fid["max_lsb"] <= 1 and fid["inputs"] == "all 2^24 triples" and fid["pass"]
+        assert sum(fid["lsb_histogram"]) == 3 * 2 ** 24
 
 
 def test_published_format_random_checkpoint_on_photos(tmp_path):
-    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6])
+    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6], realistic=True)
     so_dir, _ = published.write_seaotter(tmp_path / "s", "D")
     out = tmp_path / "out"
     assert main(["export", "all", "--format", "onnx,tflite", "-o", str(out), "--checkpoint", str(frappe_dir),
@@ -68,7 +72,7 @@ def test_published_format_random_checkpoint_on_photos(tmp_path):
         require(b)
     assert main(["verify", str(out), "--backends", *backends, "--json", str(tmp_path / "v.json")]) == 0
     result = json.loads((tmp_path / "v.json").read_text())
-    assert result["exact"] is True
+    assert result["exact"] is True and result["faithful"] is True
     assert {(r["model"], r["backend"]) for r in result["results"]} == {(m, b) for m in MODELS for b in backends}
     assert all(r["mismatches"] == 0 and r["max_lsb"] == 0 and r["images"] > 10 for r in result["results"])
 
@@ -104,14 +108,24 @@ def test_thresholds_exhaustive_at_boundaries():
 
 
 def test_inverse_tables_exhaustive():
-    """All 256 codes of each table are the float stages scaled by 2^e and rounded."""
+    """All 256 codes of every table are one rounded product W' * t(z) * 2^shift, and bias plus
+    the three terms, unscaled, is the independent float64 inverse of the published formulas."""
+    from otterlite.models.checkpoint import SEAOTTER, read_checkpoint
+
+    tensors = {k: v.astype(np.float64) for k, v in read_checkpoint("default", SEAOTTER).tensors.items()}
     bundle, ckpt = load_seaotter()
     spec = freeze_seaotter_inverse(bundle, ckpt.sha256)
-    from otterlite.spec.freeze import inverse_float_parts
+    from otterlite.spec.freeze import inverse_terms
 
-    table, _, _, _ = inverse_float_parts(bundle.inv)
-    assert spec.tables.shape == (3, 256)
-    np.testing.assert_array_equal(spec.tables, np.round(table * 2.0 ** spec.info["table_exponent"]))
+    terms, _, _ = inverse_terms(bundle.inv)
+    assert spec.tables.shape == (3, 1, 1, 256, 3)
+    np.testing.assert_array_equal(spec.tables, np.round(terms * 2.0 ** spec.shift))
+    z = np.arange(256, dtype=np.float64)
+    codes = np.stack([z, np.roll(z, 85), np.roll(z, 170)])[None, :, :, None]  # (1, 3, 256, 1)
+    want = published.seaotter_inverse(tensors, bundle.arch, codes)[0, :, :, 0].T  # (256, 3) float64
+    idx = codes[0, :, :, 0].astype(int)
+    got = (spec.bias + sum(spec.tables[c, 0, 0][idx[c]] for c in range(3))) / 2.0 ** spec.shift - 0.5
+    assert np.abs(got - want).max() < 1e-3
 
 
 def test_graph_structure(exported):
@@ -125,7 +139,7 @@ def test_graph_structure(exported):
             assert out.type.tensor_type.elem_type == want
         assert not ops[name] & {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "Round", "Softsign"}
     assert "ConvInteger" in ops["frappe-encoder"] and "GatherElements" in ops["frappe-encoder"]
-    assert "GatherElements" in ops["seaotter-inverse"] and "Div" in ops["seaotter-inverse"]
+    assert "Gather" in ops["seaotter-inverse"] and "Div" in ops["seaotter-inverse"]
     manifest = json.loads((exported / "manifest.json").read_text())
     enc = next(e for e in manifest["artifacts"] if e["model"] == "frappe-encoder")
     assert enc["scale_groups"] == [[32, 0, 3], [16, 3, 9], [8, 9, 12]] and enc["n_ch"] == 12
@@ -163,6 +177,12 @@ def test_export_bad_input(tmp_path, capsys, exported):
         (["export", "frappe-encoder", "--format", "coreml", "-o", str(out)], "unknown format"),
         (["export", "frappe-encoder", "--input-size", "100x100", "-o", str(out)], "multiples of the largest patch"),
         (["export", "frappe-encoder", "--weight-bits", "16", "-o", str(out)], "--weight-bits 16"),
+        (["export", "frappe-encoder", "--weight-bits", "many", "-o", str(out)], "--weight-bits many"),
+        (["export", "frappe-encoder", "--calibration", str(tmp_path / "none"), "-o", str(out)], "no such directory"),
+        (["export", "frappe-encoder", "--calibration", str(tmp_path), "-o", str(out)], "no images"),
+        (["export", "frappe-encoder", "--min-equal", "1.5", "-o", str(out)], "--min-equal 1.5"),
+        (["export", "seaotter-inverse", "--max-lsb", "-1", "-o", str(out)], "--max-lsb -1"),
+        (["verify", str(exported), "--min-within", "2"], "--min-within 2"),
         (["verify", str(tmp_path / "empty")], "no such directory"),
     ]:
         assert main(argv) == 2

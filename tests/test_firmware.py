@@ -90,7 +90,7 @@ def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
 
 def test_published_checkpoint_with_12_bit_weights_and_patch_4(tmp_path, odd_photo):
     """Six patch sizes down to 4 (dot products of other lengths than 24/48/96) and 12-bit weights."""
-    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6])
+    frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6], realistic=True)
     assert main(["export", "frappe-encoder", "-o", str(tmp_path / "m"), "--checkpoint", str(frappe_dir),
                  "--n-ch", "6", "--weight-bits", "12", "--input-size", "64x64"]) == 0
     spec = load_encoder_spec(tmp_path / "m")

@@ -110,6 +110,19 @@ def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | N
     return spec, ckpt, target.judge(spec.kind, fid.transform_fidelity(spec, transform, photos() if kernel > 1 else []))
 
 
+def photo_loader(calibration: str | None):
+    """-> photos(): the calibration photos (images.calibration_photos), loaded on first use."""
+    from otterlite.images import calibration_photos
+
+    cache = []
+
+    def photos():
+        if not cache:
+            cache.append(calibration_photos(calibration))
+        return cache[0]
+    return photos
+
+
 def low_fidelity_fix(name: str, weight_bits) -> str:
     if name != "frappe-encoder":
         return "this checkpoint's transform cannot be frozen faithfully here"
@@ -194,7 +207,6 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
     error (a fidelity target missed included, unless allow_low_fidelity) writes nothing.
     `given`: further flags the caller was given ({flag: value}, None = not given), to refuse
     those no exported model uses."""
-    from otterlite.images import calibration_photos
     from otterlite.spec.fidelity import Target
     from otterlite.workflow import write_atomic, write_json
 
@@ -209,12 +221,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
                          **(given or {})})
     weight_bits = parse_weight_bits(weight_bits)
     target = target or Target()
-    cache = []
-
-    def photos():  # loaded once, and only when a model needs them
-        if not cache:
-            cache.append(calibration_photos(calibration))
-        return cache[0]
+    photos = photo_loader(calibration)
     out = Path(out_dir)
     files: dict[str, bytes] = {}
     entries = []

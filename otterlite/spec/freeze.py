@@ -85,12 +85,11 @@ def freeze_threshold_stage(w_float, scale_of_a, offset, fn, bits, base, n_levels
     return ConvStage(w_int, thresholds, stride, pad, channels)
 
 
-def check_bound(spec, limit: int, what: str):
+def check_bound(spec, limit: int, what: str, fix: str = "try fewer --weight-bits"):
     bound = spec.accumulator_bound
     if bound + 1 >= limit:  # + 1: a never-reached threshold is stored as the bound + 1
         raise OtterliteError(f"{what}: worst-case accumulator {bound} exceeds the exactness limit "
-                             f"{limit}; this checkpoint cannot be exported bit-exactly at these "
-                             f"weight bits (try fewer --weight-bits)")
+                             f"{limit}; this checkpoint cannot be exported bit-exactly ({fix})")
     spec.info["accumulator_bound"] = bound
     spec.info["exactness_limit"] = limit
     return spec
@@ -139,7 +138,7 @@ def freeze_seaotter_forward(bundle, source_sha256: str) -> ThresholdConvSpec:
                                    1, conv.padding[0], (0, 3))
     spec = ThresholdConvSpec("seaotter-forward", [stage], 0, "uint8", source_sha256,
                              {"weight_bits": bits, "arch": bundle.arch})
-    return check_bound(spec, FLOAT_EXACT_LIMIT, "seaotter-forward")
+    return check_bound(spec, FLOAT_EXACT_LIMIT, "seaotter-forward", "its weights need more bits than 2^24 allows")
 
 
 def inverse_float_parts(inv) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -169,57 +168,27 @@ def inverse_terms(inv) -> tuple[np.ndarray, np.ndarray, int]:
     return np.einsum("ocuv,cz->cuvzo", w, table), b, pad
 
 
-def saturating_entries(terms: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Entries P[c, u, v, z, o] that saturate output o on their own: with rest = |b'[o]| + the
-    largest |P| of every other term over its non-saturating entries, P - rest >= 256 (the
-    output is 255 whatever the other codes) or P + rest <= -1 (it is 0). Iterated to a fixed
-    point: each round only shrinks rest. (Two saturating entries of opposite sign in one
-    sum are not covered: there the float output depends on their exact ratio.)"""
-    outputs = terms.shape[-1]
-    sat = np.zeros(terms.shape, bool)
-    while True:
-        peak = np.where(sat, 0.0, np.abs(terms)).max(axis=3)  # (C, k, k, O)
-        rest = (peak.reshape(-1, outputs).sum(axis=0) + np.abs(bias) - peak)[:, :, :, None]
-        grown = (terms - rest >= 256) | (terms + rest <= -1)
-        if np.array_equal(grown, sat):
-            return sat
-        sat = grown
-
-
-def integer_terms(terms, bias, shift, pad, source_sha256, sat=None) -> TableMixSpec:
+def integer_terms(terms, bias, shift, pad, source_sha256) -> TableMixSpec:
     """The spec at scale 2^shift: entries round_half_even(P * 2^shift), bias round(b' * 2^shift) +
-    2^(shift - 1). With `sat`, each saturating entry becomes sign(P) * L[o], L[o] = |bias[o]| +
-    the sum of every term's largest other |entry| + 256 * 2^shift: it still outweighs any
-    ordinary codes of the other terms, so the clamped output is unchanged."""
-    bias_int = np.round(bias * 2.0 ** shift) + 2 ** (shift - 1)
-    tables = np.round(terms * 2.0 ** shift)
-    if sat is not None:
-        ordinary = np.where(sat, 0.0, tables)
-        peaks = np.abs(ordinary).max(axis=3).reshape(-1, terms.shape[-1]).sum(axis=0)
-        tables = np.where(sat, np.sign(terms) * (peaks + np.abs(bias_int) + 256 * 2 ** shift), ordinary)
-    return TableMixSpec("seaotter-inverse", tables.astype(np.int64), bias_int.astype(np.int64), shift, pad,
-                        source_sha256)
+    2^(shift - 1)."""
+    scale = 2.0 ** shift
+    return TableMixSpec("seaotter-inverse", np.round(terms * scale).astype(np.int64),
+                        (np.round(bias * scale) + scale / 2).astype(np.int64), shift, pad, source_sha256)
 
 
 def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
     """The largest shift (most precision, up to 21) whose accumulator bound stays below
-    TABLE_SUM_LIMIT with every entry as it is; singular codes (a clamped SoftsignExpand
-    denominator gives about -16 million) keep their exact value, so the sums where they
-    meet follow the float model. Only if no shift fits are the saturating entries clipped
-    (integer_terms with sat). Rounding error on the rest: at most 0.5 * 2^-shift per term
-    and for the bias, in output LSB."""
+    TABLE_SUM_LIMIT. Singular codes (a clamped SoftsignExpand denominator gives about -16
+    million) keep their exact value, so the sums where they meet follow the float model, and
+    the ordinary codes keep full precision: rounding error at most 0.5 * 2^-shift per term and
+    for the bias, in output LSB."""
     terms, b, pad = inverse_terms(bundle.inv)
-    sat, spec = None, None
-    for attempt in ("exact", "clipped"):
-        if attempt == "clipped":
-            sat = saturating_entries(terms, b)
-        for shift in range(21, 0, -1):  # 256 * 2^shift, the clamp's top, stays far inside int32
-            spec = integer_terms(terms, b, shift, pad, source_sha256, sat)
-            if spec.accumulator_bound < TABLE_SUM_LIMIT:
-                break
-        if spec.accumulator_bound < TABLE_SUM_LIMIT:
-            break
+    peak = np.abs(terms).max(axis=3).reshape(-1, 3).sum(axis=0) + np.abs(b)  # |acc| bound in LSB
+    shift = min(21, int(np.floor(np.log2(TABLE_SUM_LIMIT / (peak.max() + 64)))) - 1)
+    if shift < 1:
+        raise OtterliteError(f"seaotter-inverse: the transform's values reach {peak.max():.3g} LSB, beyond the "
+                             f"2^38 an exact integer sum holds here; this checkpoint cannot be exported bit-exactly")
+    spec = integer_terms(terms, b, shift, pad, source_sha256)
     used = int(np.count_nonzero(np.abs(terms).max(axis=3), axis=(0, 1, 2)).max())  # terms per output
-    spec.info = {"arch": bundle.arch, "clipped_entries": 0 if sat is None else int(sat.sum()),
-                 "error_bound_lsb": 0.5 * (used + 1) * 2.0 ** -spec.shift}
-    return check_bound(spec, TABLE_SUM_LIMIT, "seaotter-inverse")
+    spec.info = {"arch": bundle.arch, "error_bound_lsb": 0.5 * (used + 1) * 2.0 ** -shift}
+    return check_bound(spec, TABLE_SUM_LIMIT, "seaotter-inverse", "its table values span too much")
