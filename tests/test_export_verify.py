@@ -65,7 +65,7 @@ def test_published_format_random_checkpoint_on_photos(tmp_path):
     so_dir, _ = published.write_seaotter(tmp_path / "s", "D")
     out = tmp_path / "out"
     assert main(["export", "all", "--format", "onnx,tflite", "-o", str(out), "--checkpoint", str(frappe_dir),
-                 "--seaotter-checkpoint", str(so_dir), "--n-ch", "6", "--input-size", "64x96",
+                 "--seaotter-checkpoint", str(so_dir), "--n-ch", "6", "--input-size", "256x256",
                  "--weight-bits", "12"]) == 0
     backends = ["torch-int", "ort-O3-t2", "ort-O0-t1", "litert", "litert-reference", "tflm"]
     for b in backends:

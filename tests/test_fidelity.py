@@ -144,3 +144,15 @@ def test_flags_no_model_uses_are_refused(tmp_path, capsys, argv, fragment):
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inverse_beyond_the_exact_range_is_refused(tmp_path, capsys):
+    """|sigma| 3e9 on every channel: values near 4e14 LSB cannot be summed exactly below 2^39."""
+    from safetensors.numpy import save_file
+
+    folder, tensors = published.write_upstream_seaotter(tmp_path / "s", "A", "jfif")
+    tensors["inv.synthesis_transform.2._σ"] = np.full(3, 3e9, np.float32)
+    save_file(tensors, str(folder / "seaotter_jpeg_pytorch_model.safetensors"))
+    out = tmp_path / "m"
+    assert main(["export", "seaotter-inverse", "-o", str(out), "--seaotter-checkpoint", str(folder)]) == 2
+    assert "cannot be exported bit-exactly" in capsys.readouterr().err and not out.exists()

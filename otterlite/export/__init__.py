@@ -24,8 +24,8 @@ LAYOUTS = {"onnx": "NCHW", "tflite": "NHWC"}
 ROUNDING = {
     "frappe-encoder": "latent = -127 + #{j : acc >= T[c, j]}; T from the float model's round-half-even",
     "seaotter-forward": "codec = #{j : acc >= T[c, j]}; T from the float model's round-half-even",
-    "seaotter-inverse": "rgb = clamp(floor((sum W * table[z] + bias) / 2^shift), 0, 255); bias holds "
-                        "2^(shift-1): round half up",
+    "seaotter-inverse": "rgb = clamp(floor((bias + sum over (c, tap) of tables[c, tap, z]) / 2^shift), 0, 255); "
+                        "bias holds 2^(shift-1): round half up; tables round half to even",
 }
 
 

@@ -168,16 +168,9 @@ def inverse_terms(inv) -> tuple[np.ndarray, np.ndarray, int]:
     return np.einsum("ocuv,cz->cuvzo", w, table), b, pad
 
 
-def integer_terms(terms, bias, shift, pad, source_sha256) -> TableMixSpec:
-    """The spec at scale 2^shift: entries round_half_even(P * 2^shift), bias round(b' * 2^shift) +
-    2^(shift - 1)."""
-    scale = 2.0 ** shift
-    return TableMixSpec("seaotter-inverse", np.round(terms * scale).astype(np.int64),
-                        (np.round(bias * scale) + scale / 2).astype(np.int64), shift, pad, source_sha256)
-
-
 def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
-    """The largest shift (most precision, up to 21) whose accumulator bound stays below
+    """tables = round_half_even(P * 2^shift), bias = round(b' * 2^shift) + 2^(shift - 1), with
+    the largest shift (most precision, up to 21) whose accumulator bound stays below
     TABLE_SUM_LIMIT. Singular codes (a clamped SoftsignExpand denominator gives about -16
     million) keep their exact value, so the sums where they meet follow the float model, and
     the ordinary codes keep full precision: rounding error at most 0.5 * 2^-shift per term and
@@ -188,7 +181,9 @@ def freeze_seaotter_inverse(bundle, source_sha256: str) -> TableMixSpec:
     if shift < 1:
         raise OtterliteError(f"seaotter-inverse: the transform's values reach {peak.max():.3g} LSB, beyond the "
                              f"2^38 an exact integer sum holds here; this checkpoint cannot be exported bit-exactly")
-    spec = integer_terms(terms, b, shift, pad, source_sha256)
+    scale = 2.0 ** shift
+    spec = TableMixSpec("seaotter-inverse", np.round(terms * scale).astype(np.int64),
+                        (np.round(b * scale) + scale / 2).astype(np.int64), shift, pad, source_sha256)
     used = int(np.count_nonzero(np.abs(terms).max(axis=3), axis=(0, 1, 2)).max())  # terms per output
     spec.info = {"arch": bundle.arch, "error_bound_lsb": 0.5 * (used + 1) * 2.0 ** -shift}
     return check_bound(spec, TABLE_SUM_LIMIT, "seaotter-inverse", "its table values span too much")
