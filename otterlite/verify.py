@@ -231,8 +231,6 @@ def fidelity(entry: dict, spec, spec_sha256: str, photos: list[np.ndarray], targ
 
 def measure_fidelity(entry: dict, spec, photos: list[np.ndarray]) -> dict:
     try:
-        import torch
-
         from otterlite.models.checkpoint import load_frappe, load_seaotter
         from otterlite.spec import fidelity as fid
         from otterlite.spec.torch_reference import run_spec
