@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from otterlite.demo import run_demo
 
-        return 0 if run_demo(args.image, args.out, args.n_ch, args.k)["exact"] else 1
+        result = run_demo(args.image, args.out, args.n_ch, args.k)
+        return 0 if result["exact"] and result["faithful"] else 1
     elif args.command == "encode":
         refuse_flag("encode", "--seaotter-checkpoint", args.seaotter_checkpoint,
                     "encode runs the FRAPPE encoder only; its checkpoint is --checkpoint")

@@ -69,6 +69,7 @@ def run_demo(image: str | None = None, out_dir: str = "otterlite-demo", n_ch: in
     report = verify(out / "models", say=lambda line: say("      " + line))
     for line in format_report(report):
         say("      " + line)
-    return {"exact": report.exact, "image": str(image_path), "otl_bytes": size, "otl_bpp": 8 * size / pixels,
+    return {"exact": report.exact, "faithful": report.faithful, "image": str(image_path), "otl_bytes": size,
+            "otl_bpp": 8 * size / pixels,
             "frappe_psnr": frappe_psnr, "jpeg_bytes": jpg.size, "jpeg_bpp": jpg.bpp,
             "psnr": final_psnr, "png": str(png.path), "coders_bpp": coders}
