@@ -72,14 +72,13 @@ def parse_weight_bits(value) -> int | str:
 
 def check_flags(models: list[str], given: dict) -> None:
     """Refuse a flag that none of the models being exported uses, naming the one that was meant."""
-    uses = {"--checkpoint": "frappe-encoder", "--n-ch": "frappe-encoder", "--weight-bits": "frappe-encoder",
-            "--calibration": "frappe-encoder", "--min-equal": "frappe-encoder", "--k": "seaotter-forward",
-            "--seaotter-checkpoint": ("seaotter-inverse", "seaotter-forward"),
-            "--min-within": ("seaotter-inverse", "seaotter-forward")}
+    encoder, forward, transforms = ("frappe-encoder",), ("seaotter-forward",), ("seaotter-inverse", "seaotter-forward")
+    uses = {"--checkpoint": encoder, "--n-ch": encoder, "--weight-bits": encoder, "--calibration": encoder,
+            "--min-equal": encoder, "--k": forward, "--seaotter-checkpoint": transforms, "--min-within": transforms}
     meant = {"--checkpoint": "; for a SEA OTTER checkpoint use --seaotter-checkpoint",
              "--seaotter-checkpoint": "; for a FRAPPE checkpoint use --checkpoint"}
     for flag, value in given.items():
-        users = uses[flag] if isinstance(uses[flag], tuple) else (uses[flag],)
+        users = uses[flag]
         if value is not None and not set(users) & set(models):
             raise OtterliteError(f"{flag} applies to {' and '.join(users)}, which this export does not include "
                                  f"({', '.join(models)}){meant.get(flag, '')}")
@@ -105,7 +104,7 @@ def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | N
         spec, transform = f.freeze_seaotter_forward(bundle, ckpt.sha256), bundle.fwd
     else:
         spec, transform = f.freeze_seaotter_inverse(bundle, ckpt.sha256), bundle.inv
-    kernel = spec.kernel if isinstance(spec, TableMixSpec) else spec.stages[0].weights.shape[-1]
+    kernel = fid.transform_kernel(spec)
     say(f"  measuring {model_name} fidelity on " + ("all 2^24 inputs" if kernel == 1 else "photos + random images"))
     return spec, ckpt, target.judge(spec.kind, fid.transform_fidelity(spec, transform, photos() if kernel > 1 else []))
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from otterlite.errors import OtterliteError
+from otterlite.images import pad_to_multiple
 from otterlite.spec.torch_reference import run_spec
 from otterlite.spec.types import TableMixSpec
 
@@ -94,25 +95,27 @@ def nchw(rgb: np.ndarray) -> torch.Tensor:
 
 def padded(rgb: np.ndarray, multiple: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H', W') edge-padded to multiples of `multiple`."""
-    h, w = rgb.shape[:2]
-    return nchw(np.pad(rgb, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge"))
+    return nchw(pad_to_multiple(rgb, multiple))
 
 
-def float_latents(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """The FRAPPE encoder's latents computed in float64."""
+def float_latents(model, photos: list[np.ndarray]) -> list[list[torch.Tensor]]:
+    """Per photo (padded to the largest patch) the FRAPPE encoder's latents computed in float64."""
     encoder = copy.deepcopy(model.encoder).double()
+    big = max(g.ps for g in model.encoder.groups)
     with torch.no_grad():
-        return encoder(x)
+        return [encoder(padded(rgb, big)) for rgb in photos]
 
 
-def encoder_fidelity(spec, model, photos: list[np.ndarray]) -> dict:
-    """Latents of the spec against the float model on photos; per group as well."""
+def encoder_fidelity(spec, model, photos: list[np.ndarray], floats=None) -> dict:
+    """Latents of the spec against the float model on photos; per group as well. `floats`:
+    float_latents(model, photos) when the caller already has them."""
     if not photos:
         raise OtterliteError("no photos to measure the encoder's fidelity on")
+    floats = floats or float_latents(model, photos)
     total, groups = Tally(), [Tally() for _ in spec.stages]
-    for rgb in photos:
+    for rgb, latents in zip(photos, floats):
         x = padded(rgb, spec.largest_stride)
-        for t, a, b in zip(groups, run_spec(spec, x), float_latents(model, x)):
+        for t, a, b in zip(groups, run_spec(spec, x), latents):
             t.add(a, b)
             total.add(a, b)
     out = {**total.figures(), "images": len(photos), "groups": []}
@@ -133,10 +136,16 @@ def transform_inputs(kernel: int, photos: list[np.ndarray]):
                                         for _ in range(RANDOM_IMAGES)]
 
 
+def transform_kernel(spec) -> int:
+    """The spatial kernel of a SEA OTTER transform spec (1 or 3)."""
+    return spec.kernel if isinstance(spec, TableMixSpec) else spec.stages[0].weights.shape[-1]
+
+
 def transform_fidelity(spec, transform, photos: list[np.ndarray]) -> dict:
-    """spec against `transform` (bundle.fwd or bundle.inv) evaluated in float64."""
+    """spec against `transform` (bundle.fwd or bundle.inv) evaluated in float64; `photos` are
+    used only for kernels above 1x1."""
     inverse = isinstance(spec, TableMixSpec)
-    kernel = spec.kernel if inverse else spec.stages[0].weights.shape[-1]
+    kernel = transform_kernel(spec)
     model = copy.deepcopy(transform).double()
     tally = Tally()
     inputs = transform_inputs(kernel, photos)
@@ -161,9 +170,10 @@ def auto_weight_bits(model, source_sha256: str, photos: list[np.ndarray], target
     from otterlite.spec.freeze import freeze_frappe_encoder
 
     chosen = [None] * len(model.encoder.groups)
+    floats = float_latents(model, photos)
     for bits in AUTO_BITS:
         spec = freeze_frappe_encoder(model, source_sha256, bits)
-        for i, group in enumerate(encoder_fidelity(spec, model, photos)["groups"]):
+        for i, group in enumerate(encoder_fidelity(spec, model, photos, floats)["groups"]):
             if chosen[i] is None and group["equal_share"] >= target.min_equal and group["max_lsb"] <= target.max_lsb:
                 chosen[i] = bits
         if None not in chosen:
