@@ -35,6 +35,9 @@ class Backend:
     def missing(self) -> str | None:
         return self.requires()
 
+    def runs(self, kind: str) -> bool:
+        return not self.kinds or kind in self.kinds
+
 
 def check_input(x: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
     """Refuse an input the artifact was not exported for, naming the fix."""
@@ -70,12 +73,13 @@ def load_torch_reference(path: Path, spec):
 
 
 def load_numpy_frame(path: Path, spec):
-    from otterlite.runtime import ConsumerDecoder, encode_frame
+    from otterlite.runtime import ConsumerDecoder, apply_forward, encode_frame
 
-    if spec.kind == "seaotter-inverse":
-        consumer = ConsumerDecoder(spec)
-        return lambda x: [np.ascontiguousarray(consumer.transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
-    return hwc_runner(lambda rgb: encode_frame(spec, rgb))
+    if spec.kind == "frappe-encoder":
+        return hwc_runner(lambda rgb: encode_frame(spec, rgb))
+    transform = ConsumerDecoder(spec).transform if spec.kind == "seaotter-inverse" else \
+        (lambda rgb: apply_forward(spec, rgb))
+    return lambda x: [np.ascontiguousarray(transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
 
 
 def load_numpy_streaming(path: Path, spec):
@@ -96,10 +100,19 @@ def hwc_runner(encode: Callable) -> Callable:
 
 
 def load_c_library(path: Path, spec):
-    """The generated C99 encoder as a shared library called in process (ctypes)."""
+    """The generated C99 encoder (or SEA OTTER inverse) as a shared library called in process (ctypes)."""
     from otterlite.firmware_sim import generate, host
 
     folder = tempfile.TemporaryDirectory(prefix="otterlite-c-")
+    if spec.kind == "seaotter-inverse":
+        from otterlite.firmware_sim.consumer import LibraryInverse
+
+        inverse = LibraryInverse(spec, folder.name)
+
+        def run_inverse(x):
+            return [np.ascontiguousarray(inverse.transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+        run_inverse.folder = folder
+        return run_inverse
     encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
 
     def run(x):  # the C interleaves the planes row by row, faster than a numpy transpose
@@ -242,10 +255,10 @@ LITERT_RESOLVERS = {"litert": "AUTO", "litert-builtin": "BUILTIN_WITHOUT_DEFAULT
 NUMPY = module("numpy", "pip install numpy")
 BACKENDS: dict[str, Backend] = {
     "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
-    "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame, ("frappe-encoder", "seaotter-inverse")),
+    "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame),
     "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
     "c": Backend("c", "spec", c_ready(None), c_loader(None), ("frappe-encoder",)),
-    "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, ("frappe-encoder",)),
+    "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, ("frappe-encoder", "seaotter-inverse")),
 }
 for _target in CROSS:
     BACKENDS[f"qemu-{_target}"] = Backend(f"qemu-{_target}", "spec", c_ready(_target), c_loader(_target),

@@ -12,6 +12,7 @@ EPILOG = """examples:
   otterlite encode photo.png -o photo.otl --n-ch 12
   otterlite transcode photo.otl -o photo.jpg --k 1
   otterlite decode photo.jpg -o photo.png
+  otterlite decode photo.jpg -o photo.png --models models/ --runtime tflite
   otterlite info photo.otl
   otterlite export all --format onnx,tflite -o models/
   otterlite verify models/ --json parity.json
@@ -38,6 +39,26 @@ def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotte
                    help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
                    if seaotter else argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for hub: checkpoints")
+
+
+def add_runtime_args(p: argparse.ArgumentParser, kind: str, runtimes: str) -> None:
+    """--runtime (an integer runtime, all giving identical bytes, or float) and --models DIR."""
+    from otterlite.workflow import runtimes_for
+
+    p.add_argument("--runtime", default="numpy", choices=[*runtimes_for(kind), "float"],
+                   help=f"engine of the exported integer {kind}: {runtimes} write identical bytes; "
+                        f"float = the research float model")
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help=f"use DIR/{kind}.spec from 'otterlite export' instead of freezing the checkpoint")
+
+
+def refuse_with_models(command: str, args: argparse.Namespace, flag: str) -> None:
+    """--models DIR holds the model: refuse its checkpoint flag beside it, and --runtime float."""
+    if args.models:
+        refuse_flag(command, flag, getattr(args, flag[2:].replace("-", "_")),
+                    f"--models {args.models} already holds the model; give --models or {flag}, not both")
+        refuse_flag(command, "--models", args.models if args.runtime == "float" else None,
+                    "--runtime float runs the float research model of the checkpoint, not an export's spec")
 
 
 def add_fidelity_args(p: argparse.ArgumentParser) -> None:
@@ -82,27 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output .otl file")
     p.add_argument("--n-ch", type=int, default=None, help="latent channels 1..n_trained (default: n_trained)")
-    p.add_argument("--runtime", default="numpy", choices=["numpy", "onnx", "tflite", "torch", "c", "float"],
-                   help="engine: numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
-                        "reference), c (the generated C, compiled on the fly) all write identical bytes; "
-                        "float = the research float model")
-    p.add_argument("--models", default=None, metavar="DIR",
-                   help="use DIR/frappe-encoder.spec from 'otterlite export' instead of freezing --checkpoint")
+    add_runtime_args(p, "frappe-encoder", "numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
+                     "reference), c (the generated C, compiled on the fly)")
     add_checkpoint_args(p, defaults=False)
 
-    p = sub.add_parser("transcode", help="cloud: .otl -> SEA OTTER JPEG",
-                       epilog="example: otterlite transcode photo.otl -o photo.jpg --k 1")
+    p = sub.add_parser("transcode", help="cloud: .otl -> FRAPPE decoder (float) -> SEA OTTER forward -> JPEG",
+                       epilog="examples:\n  otterlite transcode photo.otl -o photo.jpg --k 1\n"
+                              "  otterlite transcode photo.otl -o photo.jpg --models out/ --runtime onnx\n"
+                              "(the forward transform is the exported integer one; the JPEG bytes do not depend on "
+                              "--runtime)", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("container")
     p.add_argument("-o", "--output", required=True, help="output .jpg file")
     p.add_argument("--k", type=int, default=0, help="operating point (qtable index, default 0)")
-    add_checkpoint_args(p, seaotter=True)
+    add_runtime_args(p, "seaotter-forward", "numpy (default), onnx, tflite, torch (integer reference)")
+    add_checkpoint_args(p, seaotter=True, defaults=False)
 
     p = sub.add_parser("decode", help="consumer: SEA OTTER JPEG -> PNG",
-                       epilog="example: otterlite decode photo.jpg -o photo.png")
+                       epilog="examples:\n  otterlite decode photo.jpg -o photo.png\n"
+                              "  otterlite decode photo.jpg -o photo.png --models out/   (numpy and Pillow only)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("jpeg")
     p.add_argument("-o", "--output", required=True, help="output .png file")
     p.add_argument("--force", action="store_true", help="decode a JPEG without (or with another) otterlite marker")
-    add_checkpoint_args(p, frappe=False, seaotter=True)
+    add_runtime_args(p, "seaotter-inverse", "numpy (default), onnx, tflite, torch (integer reference), c (the "
+                     "generated C, compiled on the fly)")
+    add_checkpoint_args(p, frappe=False, seaotter=True, defaults=False)
 
     p = sub.add_parser("export", help="freeze a model into its integer spec, check its fidelity to the float model "
                        "and write deployable files",
@@ -189,22 +214,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "encode":
         refuse_flag("encode", "--seaotter-checkpoint", args.seaotter_checkpoint,
                     "encode runs the FRAPPE encoder only; its checkpoint is --checkpoint")
-        if args.models:
-            refuse_flag("encode", "--checkpoint", args.checkpoint,
-                        f"--models {args.models} already holds the encoder; give --models or --checkpoint, not both")
-            refuse_flag("encode", "--models", args.models if args.runtime == "float" else None,
-                        "--runtime float runs the float research model of --checkpoint, not an export's spec")
+        refuse_with_models("encode", args, "--checkpoint")
         st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir,
                                   args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
     elif args.command == "transcode":
+        refuse_with_models("transcode", args, "--seaotter-checkpoint")
         st = workflow.transcode_file(args.container, args.output, args.k, args.checkpoint,
-                                     args.seaotter_checkpoint, args.cache_dir)
+                                     args.seaotter_checkpoint, args.cache_dir, args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
     elif args.command == "decode":
         refuse_flag("decode", "--checkpoint", args.checkpoint,
                     "decode uses no FRAPPE model (only the SEA OTTER inverse); did you mean --seaotter-checkpoint?")
-        st = workflow.decode_file(args.jpeg, args.output, args.seaotter_checkpoint, args.cache_dir, args.force)
+        refuse_with_models("decode", args, "--seaotter-checkpoint")
+        st = workflow.decode_file(args.jpeg, args.output, args.seaotter_checkpoint, args.cache_dir, args.force,
+                                  args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes")
     elif args.command == "export":
         from otterlite.export import MODELS, export
@@ -273,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otterlite: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"otterlite: error: {err.name or err} is not installed; pip install 'otterlite[all]'",
-              file=sys.stderr)
+        fix = "pass --models DIR (a folder from 'otterlite export'), or install otterlite[torch]" \
+            if err.name == "torch" and args.command in ("encode", "decode") else "pip install 'otterlite[all]'"
+        print(f"otterlite: error: {err.name or err} is not installed; {fix}", file=sys.stderr)
         return 2

@@ -1,14 +1,18 @@
-"""`otterlite demo`: the full sensor -> cloud -> consumer workflow on a bundled photo
-with the embedded default models, printing bytes, bpp and PSNR after each stage."""
+"""`otterlite demo`: the full sensor -> cloud -> consumer workflow on a bundled photo with the
+embedded default models, run on the deployed integer forms, printing bytes, bpp and PSNR
+after each stage beside what the float models give."""
 from __future__ import annotations
 
 import lzma
 import zlib
 from pathlib import Path
 
-from otterlite.container import write_container
+import numpy as np
+
+from otterlite.container import read_container, write_container
 from otterlite.images import load_rgb, psnr, sample_photo
-from otterlite.workflow import decode_file, decode_frame, encode_rgb, transcode_file, write_atomic
+from otterlite.workflow import (decode_file, decode_frame, encode_file, encode_rgb, forward_transform,
+                                inverse_transform, transcode_file)
 
 
 def raw_latent_bytes(frame) -> bytes:
@@ -30,46 +34,69 @@ def coder_comparison(frame) -> dict[str, float]:
     return {name: 8 * size / pixels for name, size in sizes.items()}
 
 
+def share_equal(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Share of elements equal in two lists of same-shaped arrays."""
+    return sum(int((x == y).sum()) for x, y in zip(a, b)) / sum(x.size for x in a)
+
+
 def run_demo(image: str | None = None, out_dir: str = "otterlite-demo", n_ch: int | None = None,
              k: int = 1, say=print) -> dict:
+    """Export the three models, then run the deployed integer encoder, forward and inverse
+    (numpy runtime, from the exported specs: what a device runs), each beside the float model
+    it was frozen from; then verify every artifact on every backend."""
+    from otterlite.export import FORMATS, MODELS, export
     from otterlite.models.checkpoint import load_frappe
+    from otterlite.verify import format_report, verify
 
     image_path = Path(image) if image else sample_photo("astronaut.png")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    models = out / "models"
     stem = image_path.stem
     rgb = load_rgb(image_path)
     say(f"demo on {image_path.name} ({rgb.shape[1]}x{rgb.shape[0]}), embedded default models, output in {out}/")
 
+    say(f"[1/5] export: all three models -> integer specs + int8 ONNX + TFLite in {models}/")
+    export(list(MODELS), list(FORMATS), models, n_ch=n_ch, say=lambda line: say("      " + line))
+
     model, ckpt = load_frappe(None, n_ch)
-    frame = encode_rgb(model, ckpt.sha256, rgb)
-    otl = write_atomic(out / f"{stem}.otl", write_container(frame))
-    size = otl.stat().st_size
-    pixels = rgb.shape[0] * rgb.shape[1]
-    frappe_psnr = psnr(rgb, decode_frame(model, frame))
-    say(f"[1/3] sensor encode   {otl.name:<18} {size:>8} bytes {8 * size / pixels:7.4f} bpp  "
-        f"FRAPPE reconstruction {frappe_psnr:.2f} dB  ({model.n_ch} channels)")
+    otl = encode_file(image_path, out / f"{stem}.otl", models=str(models))
+    frame = read_container(otl.path.read_bytes(), str(otl.path))
+    float_frame = encode_rgb(model, ckpt.sha256, rgb)
+    decoded = decode_frame(model, frame)
+    frappe_psnr, float_frappe_psnr = psnr(rgb, decoded), psnr(rgb, decode_frame(model, float_frame))
+    latents_equal = share_equal(frame.latents, float_frame.latents)
+    say(f"[2/5] sensor encode   {otl.path.name:<18} {otl.size:>8} bytes {otl.bpp:7.4f} bpp  "
+        f"FRAPPE reconstruction {frappe_psnr:.2f} dB  ({frame.n_ch} channels, exported encoder on numpy)")
+    say(f"      float model: {100 * latents_equal:.2f}% of latents equal, reconstruction "
+        f"{float_frappe_psnr:.2f} dB ({frappe_psnr - float_frappe_psnr:+.3f} dB deployed)")
     coders = coder_comparison(frame)
     say("      latent coders (bpp): " + ", ".join(f"{name} {bpp:.4f}" for name, bpp in coders.items()))
 
-    jpg = transcode_file(otl, out / f"{stem}.jpg", k=k)
-    say(f"[2/3] cloud transcode {jpg.path.name:<18} {jpg.size:>8} bytes {jpg.bpp:7.4f} bpp  "
-        f"SEA OTTER JPEG, operating point k={k}")
+    jpg = transcode_file(otl.path, out / f"{stem}.jpg", k=k, models=str(models))
+    forward_equal = share_equal([forward_transform(models=str(models)).codes(decoded)],
+                                [forward_transform("float").codes(decoded)])
+    say(f"[3/5] cloud transcode {jpg.path.name:<18} {jpg.size:>8} bytes {jpg.bpp:7.4f} bpp  "
+        f"SEA OTTER JPEG, operating point k={k} (FRAPPE decoder float, exported forward on numpy)")
+    say(f"      float forward transform: {100 * forward_equal:.2f}% of codec values equal")
 
-    png = decode_file(jpg.path, out / f"{stem}.png")
-    final_psnr = psnr(rgb, load_rgb(png.path))
-    say(f"[3/3] consumer decode {png.path.name:<18} {png.size:>8} bytes (PNG)            "
-        f"PSNR vs original {final_psnr:.2f} dB")
-    from otterlite.export import FORMATS, MODELS, export
-    from otterlite.verify import format_report, verify
+    png = decode_file(jpg.path, out / f"{stem}.png", models=str(models))
+    final = load_rgb(png.path)
+    final_psnr = psnr(rgb, final)
+    float_final = inverse_transform("float")(jpg.path.read_bytes(), str(jpg.path))
+    float_psnr = psnr(rgb, float_final)
+    inverse_equal = share_equal([final], [float_final])
+    say(f"[4/5] consumer decode {png.path.name:<18} {png.size:>8} bytes (PNG)            "
+        f"PSNR vs original {final_psnr:.2f} dB (exported inverse on numpy)")
+    say(f"      float inverse transform: {100 * inverse_equal:.2f}% of RGB values equal, PSNR vs original "
+        f"{float_psnr:.2f} dB ({final_psnr - float_psnr:+.3f} dB deployed)")
 
-    say("[export] all three models -> int8 ONNX + TFLite + integer specs")
-    export(list(MODELS), list(FORMATS), out / "models", n_ch=n_ch, say=lambda line: say("      " + line))
-    say("[verify] every artifact on every backend vs the PyTorch integer reference")
-    report = verify(out / "models", say=lambda line: say("      " + line))
+    say("[5/5] verify: every artifact on every backend vs the PyTorch integer reference")
+    report = verify(models, say=lambda line: say("      " + line))
     for line in format_report(report):
         say("      " + line)
-    return {"exact": report.exact, "faithful": report.faithful, "image": str(image_path), "otl_bytes": size,
-            "otl_bpp": 8 * size / pixels,
-            "frappe_psnr": frappe_psnr, "jpeg_bytes": jpg.size, "jpeg_bpp": jpg.bpp,
-            "psnr": final_psnr, "png": str(png.path), "coders_bpp": coders}
+    return {"exact": report.exact, "faithful": report.faithful, "image": str(image_path), "otl": str(otl.path),
+            "otl_bytes": otl.size, "otl_bpp": otl.bpp, "frappe_psnr": frappe_psnr, "jpeg_bytes": jpg.size,
+            "jpeg_bpp": jpg.bpp, "psnr": final_psnr, "png": str(png.path), "coders_bpp": coders,
+            "float": {"latents_equal": latents_equal, "frappe_psnr": float_frappe_psnr,
+                      "forward_equal": forward_equal, "inverse_equal": inverse_equal, "psnr": float_psnr}}

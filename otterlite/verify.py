@@ -183,7 +183,7 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             if backend.artifact not in ("spec", entry["format"]) or (backend.artifact == "spec" and key in spec_done):
                 result.status = f"not applicable to {entry['format']}"
                 continue
-            if backend.kinds and entry["model"] not in backend.kinds:
+            if not backend.runs(entry["model"]):
                 result.status = "not applicable"
                 continue
             reason = backend.missing()

@@ -6,11 +6,13 @@ consumer: JPEG -> libjpeg raw components -> SEA OTTER inverse -> RGB
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -104,31 +106,105 @@ class Stage:
         return 8 * self.size / self.pixels
 
 
-RUNTIMES = {"numpy": "numpy-streaming", "onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int", "c": "c-lib"}
+RUNTIMES = ("numpy", "onnx", "tflite", "torch", "c")  # the integer runtimes: identical outputs
+RUNTIME_BACKENDS = {"onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int", "c": "c-lib"}
+SPEC_FILES = {"frappe-encoder": "frappe-encoder.spec", "seaotter-forward": "seaotter-forward.spec",
+              "seaotter-inverse": "seaotter-inverse.spec"}
+
+
+def check_runtime(runtime: str, float_ok: bool = True) -> None:
+    choices = (*RUNTIMES, "float") if float_ok else RUNTIMES
+    if runtime not in choices:
+        raise OtterliteError(f"--runtime {runtime!r}: choose from {', '.join(choices)}")
+
+
+def runtime_backend_name(runtime: str, kind: str) -> str:
+    """The registry backend behind --runtime (numpy: the streaming sensor encoder, or the numpy
+    transforms)."""
+    return RUNTIME_BACKENDS.get(runtime, "numpy-streaming" if kind == "frappe-encoder" else "numpy")
+
+
+def runtimes_for(kind: str) -> list[str]:
+    """The integer runtimes whose backend runs `kind`."""
+    from otterlite.backends import BACKENDS
+
+    return [r for r in RUNTIMES if BACKENDS[runtime_backend_name(r, kind)].runs(kind)]
+
+
+def runtime_backend(runtime: str, kind: str):
+    """The registry backend that runs `kind` for --runtime, refusing one that is absent or
+    does not run this model."""
+    from otterlite.backends import BACKENDS
+
+    check_runtime(runtime, float_ok=False)
+    if runtime not in runtimes_for(kind):
+        raise OtterliteError(f"--runtime {runtime} does not run the {kind}; choose {', '.join(runtimes_for(kind))}")
+    backend = BACKENDS[runtime_backend_name(runtime, kind)]
+    reason = backend.missing()
+    if reason:
+        raise OtterliteError(f"--runtime {runtime}: {reason}")
+    return backend
+
+
+def run_deployed(spec, x: np.ndarray, runtime: str) -> list[np.ndarray]:
+    """Run an integer spec on uint8 NCHW input x with --runtime's backend (ONNX and TFLite
+    graphs are built from the same spec for x's exact size); every runtime gives the same outputs."""
+    from otterlite.export import build
+
+    backend = runtime_backend(runtime, spec.kind)
+    if backend.artifact == "spec":
+        return backend.load(None, spec)(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{spec.kind}.{backend.artifact}"
+        path.write_bytes(build(spec, backend.artifact, x.shape[2], x.shape[3]))
+        return backend.load(path, spec)(x)
+
+
+def run_deployed_hwc(spec, image: np.ndarray, runtime: str) -> np.ndarray:
+    """A transform spec on one (H, W, 3) uint8 image -> (H, W, 3) uint8."""
+    x = np.ascontiguousarray(image.transpose(2, 0, 1))[None]
+    return np.ascontiguousarray(run_deployed(spec, x, runtime)[0][0].transpose(1, 2, 0))
+
+
+def deployed_spec(kind: str, models: str | None, checkpoint: str | None = None, n_ch: int | None = None,
+                  cache_dir: str | None = None):
+    """-> (integer spec, its name for messages): DIR/<kind>.spec from an export (numpy alone
+    suffices), else the checkpoint (FRAPPE for the encoder, SEA OTTER for the transforms)
+    frozen here exactly as 'otterlite export' freezes it by default (needs torch), with a
+    notice when export would refuse it for its fidelity."""
+    if models:
+        from otterlite.runtime import load_encoder_spec, load_forward_spec, load_inverse_spec
+
+        load = {"frappe-encoder": load_encoder_spec, "seaotter-forward": load_forward_spec,
+                "seaotter-inverse": load_inverse_spec}[kind]
+        spec = load(models)
+        if kind == "frappe-encoder" and n_ch is not None and n_ch != spec.info.get("n_ch"):
+            raise OtterliteError(f"--n-ch {n_ch}, but {models} holds a {spec.info.get('n_ch')}-channel "
+                                 f"encoder; re-export with --n-ch {n_ch} or drop --n-ch")
+        return spec, f"the export in {models}"
+    if importlib.util.find_spec("torch") is None:
+        raise OtterliteError(f"freezing the {kind} from its checkpoint needs torch, which is not installed; "
+                             f"pass --models DIR (a folder from 'otterlite export'), or install otterlite[torch]")
+    from otterlite.export import freeze, photo_loader
+    from otterlite.images import notice
+    from otterlite.spec.fidelity import Target
+
+    encoder = kind == "frappe-encoder"
+    spec, ckpt, fidelity = freeze(kind, checkpoint if encoder else None, None if encoder else checkpoint, n_ch,
+                                  "auto", cache_dir, photo_loader(None), Target(), say=lambda line: None)
+    if not fidelity["pass"]:
+        notice(f"{kind}: {'; '.join(fidelity['failures'])}; 'otterlite export' would refuse this checkpoint")
+    return spec, ckpt.source
 
 
 def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
     """Pad to the largest patch (edge replication) and run the integer encoder spec on the
-    chosen runtime (a backend of the registry); every runtime gives the same latents."""
-    from otterlite.backends import BACKENDS
-    from otterlite.export import build
-
+    chosen runtime; every runtime gives the same latents."""
     big = spec.largest_stride
     check_patch_size(rgb, big)
     h, w = rgb.shape[:2]
-    backend = BACKENDS[RUNTIMES[runtime]]
-    reason = backend.missing()
-    if reason:
-        raise OtterliteError(f"--runtime {runtime}: {reason}")
     padded = pad_to_multiple(rgb, big)
-    x = np.ascontiguousarray(padded.transpose(2, 0, 1))[None]
-    if backend.artifact == "spec":
-        latents = backend.load(None, spec)(x)
-    else:  # the graph for this exact padded size, from the same spec
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"frappe-encoder.{backend.artifact}"
-            path.write_bytes(build(spec, backend.artifact, padded.shape[0], padded.shape[1]))
-            latents = backend.load(path, spec)(x)
+    latents = run_deployed(spec, np.ascontiguousarray(padded.transpose(2, 0, 1))[None], runtime)
     return LatentFrame(spec.source_sha256, w, h, [tuple(g) for g in spec.info["groups"]], [z[0] for z in latents])
 
 
@@ -139,72 +215,119 @@ def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = Non
     models: an export DIR whose frappe-encoder.spec is used (numpy alone suffices); otherwise
     the checkpoint is frozen here as 'otterlite export' does by default (needs torch, and
     scikit-image for the calibration photos of --weight-bits auto)."""
+    check_runtime(runtime)
     rgb = load_rgb(image)
-    if runtime not in (*RUNTIMES, "float"):
-        raise OtterliteError(f"--runtime {runtime!r}: choose from {', '.join(RUNTIMES)}, float")
     if runtime == "float":
         from otterlite.models.checkpoint import load_frappe
 
         model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
         frame = encode_rgb(model, ckpt.sha256, rgb)
     else:
-        if models:
-            from otterlite.runtime import load_encoder_spec
-
-            spec = load_encoder_spec(models)
-            if n_ch is not None and n_ch != spec.info.get("n_ch"):
-                raise OtterliteError(f"--n-ch {n_ch}, but {models} holds a {spec.info.get('n_ch')}-channel "
-                                     f"encoder; re-export with --n-ch {n_ch} or drop --n-ch")
-        else:  # frozen here exactly as 'otterlite export' freezes it (weight bits auto)
-            from otterlite.export import freeze, photo_loader
-            from otterlite.images import notice
-            from otterlite.spec.fidelity import Target
-
-            spec, _, fidelity = freeze("frappe-encoder", checkpoint, None, n_ch, "auto", cache_dir, photo_loader(None),
-                                       Target(), say=lambda line: None)
-            if not fidelity["pass"]:
-                notice(f"frappe-encoder: {'; '.join(fidelity['failures'])}; 'otterlite export' would refuse "
-                       f"this checkpoint")
+        spec, _ = deployed_spec("frappe-encoder", models, checkpoint, n_ch, cache_dir)
         frame = encode_spec(spec, rgb, runtime)
     data = write_container(frame)
     return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1])
 
 
-def transcode_bytes(container: bytes, k: int, frappe, frappe_ckpt, seaotter, seaotter_ckpt,
+@dataclass
+class ForwardTransform:
+    """The cloud's SEA OTTER forward: codes(rgb (H, W, 3) uint8) -> codec values, the
+    operating points' qtables and the SEA OTTER checkpoint hash the JPEG's marker names."""
+    codes: Callable[[np.ndarray], np.ndarray]
+    qtables: list
+    sha256: str
+
+    def qtable(self, k: int) -> list[list[int]]:
+        if not 0 <= k < len(self.qtables):
+            raise OtterliteError(f"--k {k} is out of range: this SEA OTTER model has operating points "
+                                 f"0..{len(self.qtables) - 1}")
+        return self.qtables[k]
+
+
+def forward_transform(runtime: str = "numpy", models: str | None = None, seaotter_checkpoint: str | None = None,
+                      cache_dir: str | None = None) -> ForwardTransform:
+    """runtime float: the float model of the checkpoint; otherwise the exported integer spec
+    (from --models DIR, else frozen from the checkpoint) on that runtime."""
+    check_runtime(runtime)
+    if runtime == "float":
+        from otterlite.models.checkpoint import load_seaotter
+
+        bundle, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
+        return ForwardTransform(lambda rgb: hwc(bundle.fwd.to_codec_uint8(nchw(rgb))), bundle.qtables, ckpt.sha256)
+    spec, name = deployed_spec("seaotter-forward", models, seaotter_checkpoint, cache_dir=cache_dir)
+    runtime_backend(runtime, spec.kind)
+    if not spec.info.get("qtables"):
+        raise OtterliteError(f"{name}: the forward spec holds no quantization tables (written by an older "
+                             f"otterlite); re-run 'otterlite export seaotter-forward'")
+    return ForwardTransform(lambda rgb: run_deployed_hwc(spec, rgb, runtime), spec.info["qtables"],
+                            spec.source_sha256)
+
+
+def transcode_bytes(container: bytes, k: int, frappe, frappe_ckpt, forward: ForwardTransform,
                     source: str = "container") -> bytes:
     frame, _ = read_header(container, source)
     check_frappe_matches(frame, frappe_ckpt, frappe, source)
     frame = read_container(container, source)
     rgb = decode_frame(frappe, frame)
-    codec = hwc(seaotter.fwd.to_codec_uint8(nchw(rgb)))
-    return write_codec_jpeg(codec, seaotter.qtable(k), seaotter_ckpt.sha256, k)
+    return write_codec_jpeg(forward.codes(rgb), forward.qtable(k), forward.sha256, k)
 
 
 def transcode_file(container: str | Path, out: str | Path, k: int = 0, checkpoint: str | None = None,
-                   seaotter_checkpoint: str | None = None, cache_dir: str | None = None) -> Stage:
-    from otterlite.models.checkpoint import load_frappe, load_seaotter
+                   seaotter_checkpoint: str | None = None, cache_dir: str | None = None, runtime: str = "numpy",
+                   models: str | None = None) -> Stage:
+    """The FRAPPE decoder (the cloud's float model) then the SEA OTTER forward on `runtime`
+    (numpy | onnx | tflite | torch give identical JPEG bytes; float = the float transform)."""
+    if importlib.util.find_spec("torch") is None:
+        raise OtterliteError("transcode runs the cloud's FRAPPE decoder, a float torch model, and torch is not "
+                             "installed; install otterlite[torch] (torch==2.13.0 first)")
+    from otterlite.models.checkpoint import load_frappe
 
     data = read_bytes(container, ".otl container written by 'otterlite encode'")
     frame, _ = read_header(data, str(container))
+    forward = forward_transform(runtime, models, seaotter_checkpoint, cache_dir)
+    forward.qtable(k)
     frappe, frappe_ckpt = load_frappe(checkpoint, frame.n_ch, cache_dir)
-    seaotter, seaotter_ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
-    seaotter.qtable(k)
-    jpeg = transcode_bytes(data, k, frappe, frappe_ckpt, seaotter, seaotter_ckpt, str(container))
+    jpeg = transcode_bytes(data, k, frappe, frappe_ckpt, forward, str(container))
     return Stage(write_atomic(out, jpeg), len(jpeg), frame.width * frame.height)
 
 
-def decode_bytes(jpeg: bytes, seaotter, seaotter_ckpt, source: str = "JPEG", force: bool = False) -> np.ndarray:
-    comps, meta = read_codec_jpeg(jpeg, source)
-    check_marker(meta, seaotter_ckpt.sha256, seaotter_ckpt.source, source, force)
-    return hwc(seaotter.inv.to_rgb_uint8(nchw(comps)))
+def inverse_transform(runtime: str = "numpy", models: str | None = None, seaotter_checkpoint: str | None = None,
+                      cache_dir: str | None = None, table: bool = False) -> Callable[..., np.ndarray]:
+    """-> decode(jpeg bytes, source, force) -> (H, W, 3) uint8 RGB, checking the JPEG's marker.
+    runtime float: the float inverse of the checkpoint; numpy: runtime.ConsumerDecoder (table:
+    one lookup per pixel for a 1x1 mix, for many images; else the formula); others run the
+    same integer spec."""
+    check_runtime(runtime)
+    if runtime == "float":
+        from otterlite.models.checkpoint import load_seaotter
+
+        bundle, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
+
+        def decode_float(jpeg: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
+            comps, meta = read_codec_jpeg(jpeg, source)
+            check_marker(meta, ckpt.sha256, ckpt.source, source, force)
+            return hwc(bundle.inv.to_rgb_uint8(nchw(comps)))
+        return decode_float
+    spec, name = deployed_spec("seaotter-inverse", models, seaotter_checkpoint, cache_dir=cache_dir)
+    backend = runtime_backend(runtime, spec.kind)
+    if backend.name == "numpy":
+        from otterlite.runtime import ConsumerDecoder
+
+        return ConsumerDecoder(spec, table).decode
+
+    def decode(jpeg: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
+        comps, meta = read_codec_jpeg(jpeg, source)
+        check_marker(meta, spec.source_sha256, name, source, force)
+        return run_deployed_hwc(spec, comps, runtime)
+    return decode
 
 
 def decode_file(jpeg: str | Path, out: str | Path, seaotter_checkpoint: str | None = None,
-                cache_dir: str | None = None, force: bool = False) -> Stage:
-    from otterlite.models.checkpoint import load_seaotter
-
+                cache_dir: str | None = None, force: bool = False, runtime: str = "numpy",
+                models: str | None = None) -> Stage:
+    """The consumer: runtime numpy | onnx | tflite | torch write identical PNG bytes (the
+    exported inverse; with --models DIR numpy and Pillow suffice); float = the float inverse."""
     data = read_bytes(jpeg, "JPEG written by 'otterlite transcode'")
-    seaotter, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
-    rgb = decode_bytes(data, seaotter, ckpt, str(jpeg), force)
+    rgb = inverse_transform(runtime, models, seaotter_checkpoint, cache_dir)(data, str(jpeg), force)
     png = encode_png(rgb)
     return Stage(write_atomic(out, png), len(png), rgb.shape[0] * rgb.shape[1])

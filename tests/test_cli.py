@@ -19,16 +19,29 @@ def independent_psnr(a_path, b_array):
     return 10 * math.log10(255 ** 2 / mse)
 
 
-def test_demo_reports_the_psnr_of_the_written_png(tmp_path, photo, capsys):
+def test_demo_runs_the_deployed_path_and_reports_the_psnr_of_the_written_png(tmp_path, photo, capsys):
+    """The demo runs the exported integer encoder, forward and inverse (its .otl equals
+    `otterlite encode`'s, its PNG equals `decode --runtime onnx`'s) beside the float models."""
     import re
+
+    from otterlite.images import sample_photo
 
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     reported = float(re.search(r"PSNR vs original ([0-9.]+) dB", out).group(1))
     assert reported == pytest.approx(independent_psnr(tmp_path / "astronaut.png", photo), abs=0.005)
     assert reported > 20
-    assert "ALL EXACT" in out and "ort-O3-t2" in out
+    assert "ALL EXACT" in out and "ALL FAITHFUL" in out and "ort-O3-t2" in out
     assert (tmp_path / "models" / "manifest.json").is_file()
+    assert "exported encoder on numpy" in out
+    equal = float(re.search(r"float model: ([0-9.]+)% of latents equal", out).group(1))
+    assert 99 <= equal < 100  # the deployed encoder is the integer one, not the float model
+    assert re.search(r"float inverse transform: [0-9.]+% of RGB values equal", out)
+    assert main(["encode", str(sample_photo("astronaut.png")), "-o", str(tmp_path / "enc.otl")]) == 0
+    assert (tmp_path / "enc.otl").read_bytes() == (tmp_path / "astronaut.otl").read_bytes()
+    assert main(["decode", str(tmp_path / "astronaut.jpg"), "-o", str(tmp_path / "dec.png"), "--runtime", "onnx",
+                 "--models", str(tmp_path / "models")]) == 0
+    assert (tmp_path / "dec.png").read_bytes() == (tmp_path / "astronaut.png").read_bytes()
 
 
 def test_encode_transcode_decode_any_size(tmp_path, odd_photo):

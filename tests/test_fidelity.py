@@ -56,7 +56,7 @@ def test_singular_inverse_exact_on_every_backend(tmp_path):
     out = tmp_path / "m"
     assert main(["export", "seaotter-inverse", "--format", "onnx,tflite", "-o", str(out), "--seaotter-checkpoint",
                  str(folder), "--input-size", "1024x1024"]) == 0
-    backends = ["torch-int", "numpy", "ort-O0-t1", "ort-O3-t2", "litert", "litert-builtin", "litert-reference",
+    backends = ["torch-int", "numpy", "c-lib", "ort-O0-t1", "ort-O3-t2", "litert", "litert-builtin", "litert-reference",
                 "tflite-runtime", "tflm"]
     assert main(["verify", str(out), "--backends", *backends, "--json", str(tmp_path / "v.json")]) == 0
     result = json.loads((tmp_path / "v.json").read_text())

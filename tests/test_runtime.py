@@ -163,6 +163,7 @@ def test_bench_figures_on_a_small_frame():
         assert fig["mpx_s"] > 0
         assert fig["sizes"]["96x64"]["exact"] is not False, name
     assert result["fastest_exact_encoder"] in encoders
-    assert set(result["consumer"]) == {"pillow-jpeg-decode", "numpy"}
+    assert set(result["consumer"]) == {"pillow-jpeg-decode", "numpy", "numpy-formula"}
+    assert result["consumer_table_build_s"] > 0
     assert result["streaming_peak_bytes"] > result["streaming_state_bytes"] > 0
     assert any("timing torch-float" in line for line in lines)

@@ -1,5 +1,6 @@
 """Firmware simulation: the FRAPPE encoder spec as generated C99 (streaming, integer only,
-no malloc), built and run on the host and checked bit-exact, with resource reports.
+no malloc), built and run on the host and checked bit-exact, with resource reports; and the
+SEA OTTER inverse as one generated C99 file (consumer.py).
 
     spec --codegen--> OUT/*.c *.h Makefile --host--> otl_host --run--> latents == reference
 """

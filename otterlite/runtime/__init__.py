@@ -3,9 +3,11 @@ interpreters. It executes the integer spec blob that `otterlite export` writes.
 
     encoder.py   sensor: StreamingEncoder (row by row) and encode_frame (whole frame)
     consumer.py  consumer: SEA OTTER JPEG -> RGB with the exported inverse transform
+    forward.py   cloud: RGB -> SEA OTTER codec values with the exported forward transform
 """
 from otterlite.runtime.consumer import ConsumerDecoder, apply_inverse, load_inverse_spec
+from otterlite.runtime.forward import apply_forward, load_forward_spec
 from otterlite.runtime.encoder import StreamingEncoder, encode_frame, load_encoder_spec
 
 __all__ = ["StreamingEncoder", "encode_frame", "load_encoder_spec", "ConsumerDecoder", "apply_inverse",
-           "load_inverse_spec"]
+           "load_inverse_spec", "apply_forward", "load_forward_spec"]

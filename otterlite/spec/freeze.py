@@ -137,7 +137,7 @@ def freeze_seaotter_forward(bundle, source_sha256: str) -> ThresholdConvSpec:
     stage = freeze_threshold_stage(w, np.ones(3), lambda w_int, s: b, fn, bits, 0, 255, 255,
                                    1, conv.padding[0], (0, 3))
     spec = ThresholdConvSpec("seaotter-forward", [stage], 0, "uint8", source_sha256,
-                             {"weight_bits": bits, "arch": bundle.arch})
+                             {"weight_bits": bits, "arch": bundle.arch, "qtables": bundle.qtables})
     return check_bound(spec, FLOAT_EXACT_LIMIT, "seaotter-forward", "its weights need more bits than 2^24 allows")
 
 
