@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from otterlite.arm_env import CPUS as ARM_CPUS
 from otterlite.errors import OtterliteError
 from otterlite.firmware_sim.cross import CROSS
 
@@ -31,6 +32,11 @@ class Backend:
     requires: Callable[[], str | None]  # None when usable, else why not
     load: Callable  # (artifact path, spec) -> run(x uint8 ndarray) -> list of ndarrays
     kinds: tuple[str, ...] = ()  # the spec kinds it runs; empty: all
+    arm_cpu: str | None = None  # an ARM build of a runtime under qemu-user on this CPU: minutes, not seconds
+
+    @property
+    def emulated(self) -> bool:
+        return self.arm_cpu is not None
 
     def missing(self) -> str | None:
         return self.requires()
@@ -242,6 +248,35 @@ def tflm_arena_bytes(interpreter) -> int:
     return int(found.group(1))
 
 
+def arm_loader(cpu: str, runtime: str):
+    """An artifact on the aarch64 build of a runtime under qemu-user (arm_env.py); the runner's
+    `detail` names the runtime build and the CPU features it ran with."""
+    def load(path: Path, spec):
+        from otterlite import arm_env
+        from otterlite.spec.types import save_spec
+
+        folder = None
+        if runtime == "numpy":  # the worker reads the spec blob itself
+            folder = tempfile.TemporaryDirectory(prefix="otterlite-arm-")
+            path = Path(folder.name) / f"{spec.kind}.spec"
+            path.write_bytes(save_spec(spec))
+        invoke, shape, detail = arm_env.runner(cpu, runtime, path)
+        if runtime.startswith("litert"):
+            run = nhwc_runner(invoke, shape, path)
+        else:
+            run = invoke
+        run.detail = lambda: detail
+        run.folder = folder
+        return run
+    return load
+
+
+def arm_ready() -> str | None:
+    from otterlite import arm_env
+
+    return arm_env.missing()
+
+
 def tflite_runtime_ready() -> str | None:
     from otterlite import tflite_runtime_env
 
@@ -271,6 +306,15 @@ for _short, _level in ORT_LEVELS.items():
 for _name, _resolver in LITERT_RESOLVERS.items():
     BACKENDS[_name] = Backend(_name, "tflite", module("ai_edge_litert", "pip install 'otterlite[litert]'"),
                               litert_loader(_resolver))
+for _cpu, _arm in ARM_CPUS.items():  # the ARM builds under qemu-user (arm_env.py)
+    _runs = {}
+    if "ort" in _arm.runtimes:
+        _runs.update({f"ort-{short}-{_cpu}": ("onnx", f"ort:{level}") for short, level in ORT_LEVELS.items()})
+    if "litert" in _arm.runtimes:
+        _runs.update({f"{name}-{_cpu}": ("tflite", f"litert:{resolver}") for name, resolver in LITERT_RESOLVERS.items()})
+    _runs[f"numpy-{_cpu}"] = ("spec", "numpy")
+    for _name, (_artifact, _runtime) in _runs.items():
+        BACKENDS[_name] = Backend(_name, _artifact, arm_ready, arm_loader(_cpu, _runtime), arm_cpu=_cpu)
 BACKENDS["tflite-runtime"] = Backend("tflite-runtime", "tflite", tflite_runtime_ready, load_tflite_runtime)
 BACKENDS["tflm"] = Backend("tflm", "tflite", module("tflite_micro", "pip install 'otterlite[tflm]'"), load_tflm)
 

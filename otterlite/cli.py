@@ -198,8 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; location: "
                               "$OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)\n"
                               "  otterlite setup toolchains       (apt-get: ARM cross compilers and QEMU for the "
-                              "qemu-* backends)", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["tflite-runtime", "toolchains"])
+                              "qemu-* backends)\n"
+                              "  otterlite setup arm-runtimes     (arm64 Python + numpy, Pillow, onnxruntime, LiteRT, and "
+                              "armhf Python + numpy, under qemu-user for the *-a53/-a72/-a76/-max/-a7 backends "
+                              "(after setup toolchains); location: $OTTERLITE_ARM_RUNTIMES or "
+                              "~/.cache/otterlite/arm-runtimes)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["tflite-runtime", "toolchains", "arm-runtimes"])
     return parser
 
 
@@ -271,6 +276,10 @@ def run(args: argparse.Namespace) -> int:
         from otterlite.firmware_sim import run_firmware
 
         return 0 if run_firmware(args.folder, args.images, args.sanitize) else 1
+    elif args.command == "setup" and args.what == "arm-runtimes":
+        from otterlite import arm_env
+
+        arm_env.setup()
     elif args.command == "setup" and args.what == "toolchains":
         from otterlite.firmware_sim.cross import setup_toolchains
 

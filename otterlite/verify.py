@@ -3,6 +3,7 @@ integer reference, over photos and a built-in adversarial set. Exact means zero
 mismatching integers; there is no tolerance here."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otterlite import arm_env
 from otterlite.backends import BACKENDS
 from otterlite.errors import OtterliteError
 from otterlite.export import fidelity_summary, input_size, read_manifest
@@ -150,10 +152,7 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
     target = target or Target()
     folder = Path(folder)
     manifest = read_manifest(folder)
-    names = backends or list(BACKENDS)
-    for b in names:
-        if b not in BACKENDS:
-            raise OtterliteError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    names = select_backends(backends)
     photos = [(Path(p).name, load_rgb(p)) for p in images] if images else [
         (n, load_rgb(sample_photo(n))) for n in DEFAULT_PHOTOS]
     report = Report()
@@ -212,6 +211,7 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             report.fidelity[entry["model"]] = fidelity(entry, spec, hashlib.sha256(spec_bytes).hexdigest(),
                                                        [rgb for _, rgb in photos], target)
     report.results = [r for r in report.results if not r.status.startswith("not applicable")]
+    arm_env.stop_workers({BACKENDS[b].arm_cpu for b in names if BACKENDS[b].emulated})
     return report
 
 
@@ -257,35 +257,49 @@ def measure_fidelity(entry: dict, spec, photos: list[np.ndarray]) -> dict:
     return {**figures, "decoded_psnr_change_db": float(np.mean(d_psnr))}
 
 
+def select_backends(patterns: list[str] | None) -> list[str]:
+    """Registry names from names or shell patterns ('*-a76', 'ort-O3-*'); None: all."""
+    if not patterns:
+        return list(BACKENDS)
+    names = []
+    for pattern in patterns:
+        found = [b for b in BACKENDS if fnmatch.fnmatchcase(b, pattern)]
+        if not found:
+            raise OtterliteError(f"unknown backend {pattern!r}; choose from {', '.join(BACKENDS)} (or a pattern "
+                                 f"such as '*-a76')")
+        names += [b for b in found if b not in names]
+    return names
+
+
+def cell_text(r: Result | None) -> str:
+    if r is None:
+        return "-"
+    if r.status == "exact":
+        return f"exact ({r.images} inputs)" + (f", {r.detail}" if r.detail else "")
+    if r.status == "mismatch":
+        return f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}"
+    return r.status
+
+
+def fidelity_cell(fid: dict | None) -> str:
+    if fid is None:
+        return "-"
+    if "equal_share" not in fid:
+        return "unknown: FAIL"
+    return f"{100 * fid['equal_share']:.2f}% equal, max {fid['max_lsb']} LSB: " + ("pass" if fid["pass"] else "FAIL")
+
+
 def format_report(report: Report) -> list[str]:
+    """The matrix (a row per backend, a column per model, each as wide as its widest cell),
+    the fidelity lines and the verdicts."""
     models = list(dict.fromkeys(r.model for r in report.results))
     backends = list(dict.fromkeys(r.backend for r in report.results))
     cell = {(r.model, r.backend): r for r in report.results}
-    width = max(len(m) for m in models) + 2
-    lines = ["backend".ljust(18) + "".join(m.ljust(max(width, 40)) for m in models)]
-    for b in backends:
-        row = b.ljust(18)
-        for m in models:
-            r = cell.get((m, b))
-            if r is None:
-                text = "-"
-            elif r.status == "exact":
-                text = f"exact ({r.images} inputs)" + (f", {r.detail}" if r.detail else "")
-            elif r.status == "mismatch":
-                text = f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}"
-            else:
-                text = r.status
-            row += text.ljust(max(width, 40))
-        lines.append(row)
+    rows = [["backend", *models]] + [[b, *(cell_text(cell.get((m, b))) for m in models)] for b in backends]
     if report.fidelity:
-        row = "fidelity".ljust(18)
-        for m in models:
-            fid = report.fidelity.get(m)
-            text = "-" if fid is None else ("unknown: FAIL" if "equal_share" not in fid else
-                                            f"{100 * fid['equal_share']:.2f}% equal, max {fid['max_lsb']} LSB: "
-                                            + ("pass" if fid["pass"] else "FAIL"))
-            row += text.ljust(max(width, 40))
-        lines.append(row)
+        rows.append(["fidelity", *(fidelity_cell(report.fidelity.get(m)) for m in models)])
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
+    lines = ["".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
     for model, fid in report.fidelity.items():
         if "equal_share" not in fid:
             lines.append(f"fidelity {model}: FAIL, {fid['reason']}")

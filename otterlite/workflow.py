@@ -108,8 +108,6 @@ class Stage:
 
 RUNTIMES = ("numpy", "onnx", "tflite", "torch", "c")  # the integer runtimes: identical outputs
 RUNTIME_BACKENDS = {"onnx": "ort-O3-t1", "tflite": "litert", "torch": "torch-int", "c": "c-lib"}
-SPEC_FILES = {"frappe-encoder": "frappe-encoder.spec", "seaotter-forward": "seaotter-forward.spec",
-              "seaotter-inverse": "seaotter-inverse.spec"}
 
 
 def check_runtime(runtime: str, float_ok: bool = True) -> None:

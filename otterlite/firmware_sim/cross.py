@@ -217,27 +217,31 @@ def section_sizes(target: CrossTarget, binary: Path) -> dict:
     return {"text": text, "data": data, "bss": bss}
 
 
-def setup_toolchains(say=print) -> None:
-    """Install the Debian cross compilers and QEMU (apt-get; through sudo when not root)."""
+def apt_install(packages: list[str]) -> None:
+    """apt-get update + install (through sudo when not root), one error line on failure."""
     import os
 
+    if not shutil.which("apt-get"):
+        raise OtterliteError(f"apt-get not found; install these Debian packages by other means: {' '.join(packages)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    if sudo and not shutil.which("sudo"):
+        raise OtterliteError(f"not root and no sudo; as root run: apt-get install -y {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        done = subprocess.run([*sudo, *command], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise OtterliteError(f"{' '.join(command)} failed: {done.stderr.strip()[-800:]}")
+
+
+def setup_toolchains(say=print) -> None:
+    """Install the Debian cross compilers and QEMU (apt-get; through sudo when not root)."""
     absent = [t.name for t in CROSS.values() if missing(t)]
     if not absent:
         say("cross compilers and QEMU already installed")
         return
-    if not shutil.which("apt-get"):
-        raise OtterliteError(f"apt-get not found; install these Debian packages by other means: "
-                             f"{' '.join(DEBIAN_PACKAGES)}")
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    if sudo and not shutil.which("sudo"):
-        raise OtterliteError(f"not root and no sudo; as root run: apt-get install -y {' '.join(DEBIAN_PACKAGES)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     say(f"installing {' '.join(DEBIAN_PACKAGES)} (for {', '.join(absent)})")
-    for command in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_PACKAGES]):
-        done = subprocess.run([*sudo, *command], env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise OtterliteError(f"{' '.join(command)} failed: {done.stderr.strip()[-800:]}")
+    apt_install(list(DEBIAN_PACKAGES))
     still = [t.name for t in CROSS.values() if missing(t)]
     if still:
         raise OtterliteError(f"installed, but still missing for {', '.join(still)}")

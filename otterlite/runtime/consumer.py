@@ -79,4 +79,5 @@ class ConsumerDecoder:
 
     def _lookup(self, codes: np.ndarray, h: int, w: int) -> np.ndarray:
         """Packed codes -> (H, W, 3) uint8 RGB, unpacking the table's r | g << 8 | b << 16."""
-        return np.take(self.table, codes).view(np.uint8).reshape(h, w, 4)[..., :3]
+        # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
+        return np.take(self.table, codes.astype(np.intp)).view(np.uint8).reshape(h, w, 4)[..., :3]
