@@ -16,6 +16,7 @@ that CPU, so the runtimes are imported once.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -109,10 +110,23 @@ def python_command(root: Path, cpu: str) -> list[str]:
     return [CPUS[cpu].qemu, "-L", str(root), "-cpu", CPUS[cpu].qemu_cpu, str(root / "usr" / "bin" / "python3.11")]
 
 
+def otterlite_path(folder: Path) -> Path:
+    """A folder holding only a link to this otterlite package (one per checkout), so the guest
+    imports otterlite and nothing else of the host's (x86) site-packages."""
+    package = Path(__file__).resolve().parent
+    link = folder / "pkg" / hashlib.sha256(str(package).encode()).hexdigest()[:12] / "otterlite"  # one per checkout
+    if not (link.is_symlink() and link.resolve() == package):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".otterlite.{os.getpid()}.{threading.get_ident()}")
+        tmp.symlink_to(package)
+        tmp.replace(link)
+    return link.parent
+
+
 def worker_env(folder: Path, cpu: str) -> dict:
     """The guest's sys.path: the wheels (arm64) or Debian's packages (armhf), and otterlite."""
     packages = folder / "site" if CPUS[cpu].arch == "arm64" else "/usr/lib/python3/dist-packages"
-    return {"PYTHONPATH": f"{packages}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin",
+    return {"PYTHONPATH": f"{packages}:{otterlite_path(folder)}", "PATH": "/usr/bin:/bin",
             "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(folder)}
 
 
@@ -146,8 +160,8 @@ def unpack_debian(folder: Path, arch: str) -> None:
 
 
 def setup(say=print) -> Path:
-    """Create the environment (about 280 MB, under a minute with a warm package cache); on
-    failure nothing is left behind. Idempotent: an existing complete one is kept."""
+    """Create the environment (about 400 MB, a minute); on failure nothing is left behind.
+    Idempotent: an existing complete one is kept."""
     target = env_dir()
     if missing() is None:
         say(f"ARM runtimes already at {target}")
