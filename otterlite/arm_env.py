@@ -281,12 +281,12 @@ def stop_workers(cpus) -> None:
                 w.process.kill()
 
 
-def runner(cpu: str, runtime: str, path: Path):
-    """-> (run(x) -> outputs, input shape or None, detail) for one artifact on one CPU."""
+def runner(cpu: str, backend: str, path: Path):
+    """-> (run(x NCHW) -> outputs, detail): the host backend `backend` on one artifact, on `cpu`."""
     w = worker(cpu)
-    answer, _ = w.request({"op": "load", "runtime": runtime, "path": str(Path(path).resolve())})
+    answer, _ = w.request({"op": "load", "backend": backend, "path": str(Path(path).resolve())})
     handle = answer["handle"]
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         return [np.array(o) for o in w.request({"op": "run", "handle": handle}, np.ascontiguousarray(x))[1]]
-    return run, answer["input_shape"], answer["detail"]
+    return run, answer["detail"]

@@ -1,10 +1,11 @@
-"""Runs inside an ARM user space under qemu-user (arm_env.py): the ARM builds of onnxruntime,
-LiteRT and numpy (with otterlite's numpy runtime; armhf: numpy only) answer requests on stdin.
+"""Runs inside an ARM user space under qemu-user (arm_env.py): the host's own backends
+(otterlite.backends: onnxruntime, LiteRT, otterlite's numpy runtime; armhf: numpy only) on the
+ARM builds of those packages, answering requests on stdin.
 
 Request and reply: the framing of tflite_runtime_worker.py; the first array is a JSON
-header as uint8, the others are data.
-    {"op": "load", "runtime": "ort:ORT_ENABLE_ALL" | "litert:AUTO" | "numpy", "path": FILE}
-        -> {"handle": N, "input_shape": [...], "detail": "..."}   (the last KEEP stay loaded)
+header as uint8, the others are data (NCHW, as every backend takes and gives).
+    {"op": "load", "backend": "ort-O3-t1" | "litert-builtin" | "numpy" | ..., "path": FILE}
+        -> {"handle": N, "detail": "..."}   (the last KEEP stay loaded)
     {"op": "run", "handle": N}, x -> {}, outputs...
     any failure -> {"error": "one line"}
 """
@@ -42,56 +43,32 @@ def cpu_features() -> list[str]:
     return names
 
 
-def load_ort(level: str, path: str):
-    import onnxruntime as ort
+def detail(backend: str) -> str:
+    """The runtime build a backend ran on (numpy: also its dispatch targets on this CPU)."""
+    if backend.startswith("ort-"):
+        import onnxruntime
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return (lambda x: session.run(None, {name: x})), session.get_inputs()[0].shape, f"onnxruntime {ort.__version__}"
+        return f"onnxruntime {onnxruntime.__version__}"
+    if backend.startswith("litert"):
+        import ai_edge_litert
 
-
-def load_litert(resolver: str, path: str):
-    import ai_edge_litert
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_path=path, num_threads=1,
-                              experimental_op_resolver_type=getattr(OpResolverType, resolver))
-    interpreter.allocate_tensors()
-    source = interpreter.get_input_details()[0]
-    outputs = interpreter.get_output_details()
-
-    def run(x):
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        return [interpreter.get_tensor(o["index"]) for o in outputs]
-    return run, source["shape"].tolist(), f"LiteRT {getattr(ai_edge_litert, '__version__', '')}".strip()
-
-
-def load_numpy(path: str):
-    """otterlite's numpy runtime on this numpy: NCHW uint8 in, NCHW outputs."""
-    from otterlite.runtime import ConsumerDecoder, apply_forward, encode_frame
-    from otterlite.spec.types import load_spec
-
-    with open(path, "rb") as f:
-        spec = load_spec(f.read(), path)
-    if spec.kind == "frappe-encoder":
-        def run(x):
-            return [z[None] for z in encode_frame(spec, np.ascontiguousarray(x[0].transpose(1, 2, 0)))]
-    else:
-        transform = ConsumerDecoder(spec).transform if spec.kind == "seaotter-inverse" else \
-            (lambda rgb: apply_forward(spec, rgb))
-
-        def run(x):
-            return [np.ascontiguousarray(transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+        return f"LiteRT {getattr(ai_edge_litert, '__version__', '')}".strip()
     core = getattr(np, "_core", None) or np.core  # numpy 2, numpy 1 (Debian's armhf numpy)
     features = core._multiarray_umath.__cpu_features__
     found = [k for k in NUMPY_SHOWN if features.get(k)]
-    return run, None, f"numpy {np.__version__} dispatch {' '.join(found) or 'baseline'}"
+    return f"numpy {np.__version__} dispatch {' '.join(found) or 'baseline'}"
+
+
+def load(backend: str, path: str):
+    """The host's own backend of that name (otterlite.backends), run here on ARM."""
+    from pathlib import Path
+
+    from otterlite.backends import BACKENDS
+    from otterlite.spec.types import load_spec
+
+    chosen = BACKENDS[backend]
+    spec = load_spec(Path(path).read_bytes(), path) if chosen.artifact == "spec" else None
+    return chosen.load(Path(path), spec)
 
 
 def main():
@@ -103,15 +80,10 @@ def main():
         header = json.loads(arrays[0].tobytes())
         try:
             if header["op"] == "load":
-                kind, _, option = header["runtime"].partition(":")
-                loader = {"ort": lambda p: load_ort(option, p), "litert": lambda p: load_litert(option, p),
-                          "numpy": load_numpy}[kind]
-                run, shape, detail = loader(header["path"])
                 handle = next(handles)
-                runners[handle] = run
+                runners[handle] = load(header["backend"], header["path"])
                 runners.pop(handle - KEEP, None)  # the host runs one artifact at a time: free the old ones
-                reply = {"handle": handle, "input_shape": shape,
-                         "detail": f"{detail}; cpu {' '.join(shown) or 'base'}"}
+                reply = {"handle": handle, "detail": f"{detail(header['backend'])}; cpu {' '.join(shown) or 'base'}"}
                 write_arrays(stdout, [np.frombuffer(json.dumps(reply).encode(), np.uint8)])
             else:
                 if header["handle"] not in runners:

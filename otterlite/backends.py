@@ -248,23 +248,19 @@ def tflm_arena_bytes(interpreter) -> int:
     return int(found.group(1))
 
 
-def arm_loader(cpu: str, runtime: str):
-    """An artifact on the aarch64 build of a runtime under qemu-user (arm_env.py); the runner's
-    `detail` names the runtime build and the CPU features it ran with."""
+def arm_loader(cpu: str, backend: str):
+    """The host backend `backend` run on the ARM build of its runtime under qemu-user
+    (arm_env.py); the runner's `detail` names that build and the CPU features it ran with."""
     def load(path: Path, spec):
         from otterlite import arm_env
         from otterlite.spec.types import save_spec
 
         folder = None
-        if runtime == "numpy":  # the worker reads the spec blob itself
+        if BACKENDS[backend].artifact == "spec":  # the worker reads the spec blob itself
             folder = tempfile.TemporaryDirectory(prefix="otterlite-arm-")
             path = Path(folder.name) / f"{spec.kind}.spec"
             path.write_bytes(save_spec(spec))
-        invoke, shape, detail = arm_env.runner(cpu, runtime, path)
-        if runtime.startswith("litert"):
-            run = nhwc_runner(invoke, shape, path)
-        else:
-            run = invoke
+        run, detail = arm_env.runner(cpu, backend, path)
         run.detail = lambda: detail
         run.folder = folder
         return run
@@ -306,15 +302,15 @@ for _short, _level in ORT_LEVELS.items():
 for _name, _resolver in LITERT_RESOLVERS.items():
     BACKENDS[_name] = Backend(_name, "tflite", module("ai_edge_litert", "pip install 'otterlite[litert]'"),
                               litert_loader(_resolver))
-for _cpu, _arm in ARM_CPUS.items():  # the ARM builds under qemu-user (arm_env.py)
+for _cpu, _arm in ARM_CPUS.items():  # the host's backends on the ARM builds under qemu-user (arm_env.py)
     _runs = {}
     if "ort" in _arm.runtimes:
-        _runs.update({f"ort-{short}-{_cpu}": ("onnx", f"ort:{level}") for short, level in ORT_LEVELS.items()})
+        _runs.update({f"ort-{short}-{_cpu}": f"ort-{short}-t1" for short in ORT_LEVELS})
     if "litert" in _arm.runtimes:
-        _runs.update({f"{name}-{_cpu}": ("tflite", f"litert:{resolver}") for name, resolver in LITERT_RESOLVERS.items()})
-    _runs[f"numpy-{_cpu}"] = ("spec", "numpy")
-    for _name, (_artifact, _runtime) in _runs.items():
-        BACKENDS[_name] = Backend(_name, _artifact, arm_ready, arm_loader(_cpu, _runtime), arm_cpu=_cpu)
+        _runs.update({f"{name}-{_cpu}": name for name in LITERT_RESOLVERS})
+    _runs[f"numpy-{_cpu}"] = "numpy"
+    for _name, _host in _runs.items():
+        BACKENDS[_name] = Backend(_name, BACKENDS[_host].artifact, arm_ready, arm_loader(_cpu, _host), arm_cpu=_cpu)
 BACKENDS["tflite-runtime"] = Backend("tflite-runtime", "tflite", tflite_runtime_ready, load_tflite_runtime)
 BACKENDS["tflm"] = Backend("tflm", "tflite", module("tflite_micro", "pip install 'otterlite[tflm]'"), load_tflm)
 

@@ -164,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results as JSON here")
     add_fidelity_args(p)
 
-    p = sub.add_parser("info", help="describe a .otl container, SEA OTTER JPEG or exported .tflite",
-                       epilog="example: otterlite info out/frappe-encoder.tflite")
+    p = sub.add_parser("info", help="describe a .otl container, SEA OTTER JPEG, integer .spec, exported .onnx / "
+                       ".tflite, or an export's manifest.json",
+                       epilog="examples:\n  otterlite info out/frappe-encoder.spec   (stages, weight bits, thresholds, "
+                              "bounds)\n  otterlite info out/manifest.json", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file")
 
     p = sub.add_parser("bench", help="single-thread encoder and consumer throughput on every available backend",

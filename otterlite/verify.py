@@ -164,6 +164,9 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
         if hashlib.sha256(artifact.read_bytes()).hexdigest() != entry["sha256"]:
             raise OtterliteError(f"{artifact}: sha256 differs from manifest.json: the file is corrupted "
                                  f"or was changed; re-run 'otterlite export'")
+        if not (folder / entry["spec_file"]).is_file():
+            raise OtterliteError(f"{folder / entry['spec_file']}: listed in manifest.json but missing; re-run "
+                                 f"'otterlite export'")
         spec_bytes = (folder / entry["spec_file"]).read_bytes()
         spec = load_spec(spec_bytes, entry["spec_file"])
         height, width = input_size(entry)
@@ -223,8 +226,11 @@ def fidelity(entry: dict, spec, spec_sha256: str, photos: list[np.ndarray], targ
     if measured.get("available", True):
         return {**target.judge(entry["model"], measured), "source": "measured"}
     recorded = entry.get("fidelity")
-    if recorded and entry.get("spec_sha256") == spec_sha256:
-        return {**target.judge(entry["model"], recorded), "source": f"recorded at export ({measured['reason']})"}
+    if isinstance(recorded, dict) and entry.get("spec_sha256") == spec_sha256:
+        try:
+            return {**target.judge(entry["model"], recorded), "source": f"recorded at export ({measured['reason']})"}
+        except (KeyError, TypeError, ValueError):
+            measured["reason"] += ", and the figures manifest.json records are unreadable"
     reason = f"fidelity unknown: {measured['reason']}, and manifest.json records none for this spec"
     return {"available": False, "reason": reason, "pass": False, "failures": [reason]}
 

@@ -277,8 +277,39 @@ def read_manifest(folder: str | Path) -> dict:
         raise OtterliteError(f"{folder}: no manifest.json, so no exported artifacts; run "
                              f"'otterlite export MODEL --format onnx -o {folder}' first")
     try:
-        manifest = json.loads(path.read_text())
-        assert isinstance(manifest.get("artifacts"), list)
-    except (ValueError, AssertionError, AttributeError):
-        raise OtterliteError(f"{path}: corrupted manifest; re-run 'otterlite export'") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        raise OtterliteError(f"{path}: corrupted manifest (not JSON with an 'artifacts' list); re-run 'otterlite export'")
+    for i, entry in enumerate(manifest["artifacts"]):
+        problem = entry_problem(entry)
+        if problem:
+            raise OtterliteError(f"{path}: artifact {i}: {problem}; re-run 'otterlite export'")
     return manifest
+
+
+def entry_problem(entry) -> str | None:
+    """What is wrong with one manifest entry, in the fields verify and info read (None: fine).
+    File names must be plain names in the folder, never paths."""
+    def plain(name) -> bool:
+        return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    if not isinstance(entry, dict):
+        return "not an object"
+    if entry.get("model") not in MODELS or entry.get("format") not in FORMATS:
+        return f"model {str(entry.get('model'))[:40]!r} or format {str(entry.get('format'))[:20]!r} unknown"
+    if not plain(entry.get("file")) or not plain(entry.get("spec_file")) or not isinstance(entry.get("sha256"), str):
+        return "file, spec_file (plain names in this folder) or sha256 missing"
+    inputs, outputs = entry.get("inputs"), entry.get("outputs")
+    if entry.get("layout", "NCHW") not in LAYOUTS.values() or not isinstance(inputs, list) or not inputs \
+            or not isinstance(inputs[0], dict) or not isinstance(inputs[0].get("shape"), list) \
+            or len(inputs[0]["shape"]) != 4 or not all(isinstance(d, int) and 0 < d < 2 ** 16 for d in inputs[0]["shape"]):
+        return "layout or input shape (4 positive ints) missing"
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        return "outputs (a list of named entries) missing"
+    checkpoint = entry.get("checkpoint")
+    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), str) for k in ("source", "sha256")):
+        return "checkpoint source and sha256 missing"
+    if entry["model"] == "frappe-encoder" and not (isinstance(entry.get("n_ch"), int) and entry["n_ch"] > 0):
+        return "n_ch missing"
+    return None

@@ -71,11 +71,13 @@ def check_marker(meta: dict, sha256: str, checkpoint: str, source: str, force: b
 
 
 def parse_comment(comment: bytes) -> dict:
+    """Our COM marker's fields; a marker that is not ours, or a malformed field, reads as absent
+    (decode then refuses the JPEG for its marker, naming --force)."""
     meta = {"seaotter": None, "k": None}
     if comment.startswith(COMMENT_PREFIX):
         fields = comment[len(COMMENT_PREFIX):].decode("ascii", "replace").split()
         meta["seaotter"] = fields[0] if fields else None
         for f in fields[1:]:
-            if f.startswith("k="):
+            if f.startswith("k=") and f[2:].isdigit() and len(f) < 8:
                 meta["k"] = int(f[2:])
     return meta

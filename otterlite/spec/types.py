@@ -169,26 +169,128 @@ def read_spec(source, file_name: str) -> tuple:
     return load_spec(path.read_bytes(), str(path)), str(path)
 
 
+KINDS = {"ThresholdConvSpec": ("frappe-encoder", "seaotter-forward"), "TableMixSpec": ("seaotter-inverse",)}
+OUT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+MAX_NDIM = 6
+
+
 def load_spec(data: bytes, source: str = "spec"):
-    if data[:4] != MAGIC:
+    """Parse and check a spec blob: header, JSON fields and types, each array's dtype, shape
+    and place inside the file, and the spec's invariants (square kernels, ascending
+    thresholds within the output range, table shapes, the accumulator bounds) before anything
+    runs it. Any fault is one OtterliteError naming the file."""
+    def bad(what: str) -> OtterliteError:
+        return OtterliteError(f"{source}: corrupted integer spec ({what}); re-run 'otterlite export'")
+
+    if len(data) < 12 or data[:4] != MAGIC:
         raise OtterliteError(f"{source}: not an otterlite integer spec (magic {data[:4]!r})")
     version, length = struct.unpack_from("<B3xI", data, 4)
     if version != VERSION:
         fix = "re-run 'otterlite export' with this otterlite" if version < VERSION else "upgrade otterlite"
         raise OtterliteError(f"{source}: spec version {version}; this otterlite reads {VERSION}: {fix}")
+    if 12 + length > len(data):
+        raise bad(f"header of {length} bytes in a file of {len(data)}: truncated")
     try:
-        meta = json.loads(data[12:12 + length])
-        start = 12 + length + (-(12 + length) % 16)
-        arrays = {}
-        for item in meta["arrays"]:
-            count = int(np.prod(item["shape"]))
-            arr = np.frombuffer(data, dtype=item["dtype"], count=count, offset=start + item["offset"])
-            arrays[item["name"]] = arr.reshape(item["shape"]).astype(np.int64)
-    except (ValueError, KeyError, TypeError) as err:
-        raise OtterliteError(f"{source}: corrupted integer spec ({err})") from None
+        meta = json.loads(data[12:12 + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise bad(f"header is not JSON: {str(err)[:80]}") from None
+    if not isinstance(meta, dict) or meta.get("class") not in KINDS:
+        raise bad(f"class {meta.get('class') if isinstance(meta, dict) else meta!r:.40}")
+    if meta.get("kind") not in KINDS[meta["class"]]:
+        raise bad(f"kind {meta.get('kind')!r:.40} for {meta['class']}")
+    for key, kind in (("source_sha256", str), ("info", dict), ("arrays", list)):
+        if not isinstance(meta.get(key), kind):
+            raise bad(f"field {key!r} missing or not a {kind.__name__}")
+    arrays = read_arrays(data, meta["arrays"], 12 + length + (-(12 + length) % 16), bad)
     if meta["class"] == "TableMixSpec":
-        return TableMixSpec(meta["kind"], arrays["tables"], arrays["bias"], meta["shift"], meta["pad"],
-                            meta["source_sha256"], meta["info"])
-    stages = [ConvStage(arrays[f"stage{i}.weights"], arrays[f"stage{i}.thresholds"], s["stride"], s["pad"],
-                        tuple(s["channels"])) for i, s in enumerate(meta["stages"])]
-    return ThresholdConvSpec(meta["kind"], stages, meta["base"], meta["out_dtype"], meta["source_sha256"], meta["info"])
+        return table_mix_spec(meta, arrays, bad)
+    return threshold_conv_spec(meta, arrays, bad)
+
+
+def is_int(value, low: int = -2 ** 63, high: int = 2 ** 63) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def read_arrays(data: bytes, layout: list, start: int, bad) -> dict[str, np.ndarray]:
+    """The arrays the layout names, each checked to lie inside `data` (so no length field can
+    make this allocate more than the file holds), as int64."""
+    arrays = {}
+    for item in layout:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item.get("dtype") not in ("<i4", "<i8"):
+            raise bad(f"array entry {str(item)[:60]}")
+        shape, offset = item.get("shape"), item.get("offset")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(is_int(d, 0, len(data)) for d in shape) \
+                or not is_int(offset, 0, len(data)):
+            raise bad(f"array {item['name']!r:.40}: shape {str(shape):.40}, offset {str(offset):.20}")
+        count = int(np.prod(shape, dtype=object))
+        if start + offset + count * np.dtype(item["dtype"]).itemsize > len(data):
+            raise bad(f"array {item['name']!r:.40} of shape {shape} runs past the end of the file")
+        arr = np.frombuffer(data, dtype=item["dtype"], count=count, offset=start + offset)
+        arrays[item["name"]] = arr.reshape(shape).astype(np.int64)
+    return arrays
+
+
+def array(arrays: dict, name: str, ndim: int, bad) -> np.ndarray:
+    if name not in arrays or arrays[name].ndim != ndim:
+        raise bad(f"array {name!r} missing or not {ndim}-D")
+    return arrays[name]
+
+
+def table_mix_spec(meta: dict, arrays: dict, bad) -> TableMixSpec:
+    tables, bias = array(arrays, "tables", 5, bad), array(arrays, "bias", 1, bad)
+    c, k, k2, codes, outs = tables.shape
+    if not (c == 3 and k == k2 and k % 2 == 1 and codes == 256 and outs == 3) or bias.shape != (3,):
+        raise bad(f"tables of shape {tables.shape}, bias {bias.shape}: expected (3, k, k, 256, 3), k odd, and (3,)")
+    if not is_int(meta.get("shift"), 0, 40) or not is_int(meta.get("pad"), 0, k // 2):
+        raise bad(f"shift {meta.get('shift')!r:.20} (0..40) or pad {meta.get('pad')!r:.20} (0..{k // 2})")
+    spec = TableMixSpec(meta["kind"], tables, bias, meta["shift"], meta["pad"], meta["source_sha256"], meta["info"])
+    if spec.accumulator_bound >= TABLE_SUM_LIMIT:
+        raise bad(f"accumulator bound {spec.accumulator_bound} is not below 2^39")
+    return spec
+
+
+def threshold_conv_spec(meta: dict, arrays: dict, bad) -> ThresholdConvSpec:
+    if meta.get("out_dtype") not in OUT_RANGES or not is_int(meta.get("base"), -128, 255):
+        raise bad(f"out_dtype {meta.get('out_dtype')!r:.20} or base {meta.get('base')!r:.20}")
+    low, high = OUT_RANGES[meta["out_dtype"]]
+    stages = meta.get("stages")
+    if not isinstance(stages, list) or not 1 <= len(stages) <= 16:
+        raise bad("stages missing, empty or more than 16")
+    out = []
+    for i, s in enumerate(stages):
+        weights = array(arrays, f"stage{i}.weights", 4, bad)
+        thresholds = array(arrays, f"stage{i}.thresholds", 2, bad)
+        if not isinstance(s, dict) or not is_int(s.get("stride"), 1, 1024) or not is_int(s.get("pad"), 0, 1024) \
+                or not isinstance(s.get("channels"), list) or len(s["channels"]) != 2 \
+                or not all(is_int(v, 0, 4096) for v in s["channels"]):
+            raise bad(f"stage {i}: stride, pad or channels of {str(s)[:60]}")
+        if weights.shape[2] != weights.shape[3] or weights.shape[0] != thresholds.shape[0] or weights.shape[0] < 1 \
+                or weights.shape[1] != 3:  # every threshold spec reads RGB
+            raise bad(f"stage {i}: weights {weights.shape} and thresholds {thresholds.shape} do not match")
+        if np.any(np.diff(thresholds, axis=1) < 0):
+            raise bad(f"stage {i}: thresholds not ascending")
+        if not (low <= meta["base"] and meta["base"] + thresholds.shape[1] <= high):
+            raise bad(f"stage {i}: {thresholds.shape[1]} thresholds from base {meta['base']} leave {meta['out_dtype']}")
+        out.append(ConvStage(weights, thresholds, s["stride"], s["pad"], tuple(s["channels"])))
+    check_info(meta["kind"], meta["info"], out, bad)
+    spec = ThresholdConvSpec(meta["kind"], out, meta["base"], meta["out_dtype"], meta["source_sha256"], meta["info"])
+    if spec.accumulator_bound >= INT32_LIMIT or any(np.abs(s.thresholds).max(initial=0) > INT32_MAX for s in out):
+        raise bad(f"accumulator bound {spec.accumulator_bound} or a threshold beyond int32")
+    return spec
+
+
+def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
+    """The info fields the runtimes read: an encoder's scale groups (as its stages) and
+    channel count; a forward transform's qtables (K x 3 x 64 ints in 1..255), when present."""
+    if kind == "frappe-encoder":
+        groups = info.get("groups")
+        if not isinstance(groups, list) or [list(g) if isinstance(g, list) else g for g in groups] != \
+                [[s.stride, *s.channels] for s in stages] or not is_int(info.get("n_ch"), 1, 4096):
+            raise bad(f"info groups {str(groups)[:60]} do not match the stages, or n_ch {info.get('n_ch')!r:.20}")
+    qtables = info.get("qtables")
+    if kind == "seaotter-forward" and qtables is not None:
+        if not isinstance(qtables, list) or not all(
+                isinstance(q, list) and len(q) == 3 and all(isinstance(t, list) and len(t) == 64 and
+                                                            all(is_int(v, 1, 255) for v in t) for t in q)
+                for q in qtables):
+            raise bad("qtables are not lists of 3 x 64 ints in 1..255")
