@@ -95,7 +95,7 @@ def run_demo(image: str | None = None, out_dir: str = "otterlite-demo", n_ch: in
     native = [name for name, b in BACKENDS.items() if not b.emulated]
     say("[5/5] verify: every artifact on every backend vs the PyTorch integer reference (the ARM builds of the "
         f"runtimes under QEMU take minutes: otterlite verify {models})")
-    report = verify(models, native, say=lambda line: say("      " + line))
+    report = verify(models, backends=native, say=lambda line: say("      " + line))
     for line in format_report(report):
         say("      " + line)
     return {"exact": report.exact, "faithful": report.faithful, "image": str(image_path), "otl": str(otl.path),
