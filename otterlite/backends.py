@@ -83,9 +83,8 @@ def load_numpy_frame(path: Path, spec):
 
     if spec.kind == "frappe-encoder":
         return hwc_runner(lambda rgb: encode_frame(spec, rgb))
-    transform = ConsumerDecoder(spec).transform if spec.kind == "seaotter-inverse" else \
-        (lambda rgb: apply_forward(spec, rgb))
-    return lambda x: [np.ascontiguousarray(transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+    return transform_runner(ConsumerDecoder(spec).transform if spec.kind == "seaotter-inverse" else
+                            (lambda rgb: apply_forward(spec, rgb)))
 
 
 def load_numpy_streaming(path: Path, spec):
@@ -105,6 +104,13 @@ def hwc_runner(encode: Callable) -> Callable:
     return run
 
 
+def transform_runner(transform: Callable) -> Callable:
+    """run(x NCHW) -> [NCHW] around transform((H, W, 3) uint8) -> (H, W, 3) uint8."""
+    def run(x):
+        return [np.ascontiguousarray(transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+    return run
+
+
 def load_c_library(path: Path, spec):
     """The generated C99 encoder (or SEA OTTER inverse) as a shared library called in process (ctypes)."""
     from otterlite.firmware_sim import generate, host
@@ -113,10 +119,7 @@ def load_c_library(path: Path, spec):
     if spec.kind == "seaotter-inverse":
         from otterlite.firmware_sim.consumer import LibraryInverse
 
-        inverse = LibraryInverse(spec, folder.name)
-
-        def run_inverse(x):
-            return [np.ascontiguousarray(inverse.transform(x[0].transpose(1, 2, 0)).transpose(2, 0, 1))[None]]
+        run_inverse = transform_runner(LibraryInverse(spec, folder.name).transform)
         run_inverse.folder = folder
         return run_inverse
     encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
