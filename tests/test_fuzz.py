@@ -216,7 +216,8 @@ def test_kept_crash_inputs_now_raise_otterlite_errors(corpus):
     for case in cases:
         name = case.name.rsplit("-", 1)[0]
         try:
-            table[name][0](case.read_bytes())
+            with memory_limit(MEMORY_LIMIT):
+                table[name][0](case.read_bytes())
         except OtterliteError:
             pass
 

@@ -92,9 +92,11 @@ def test_numpy_forward_matches_the_reference(models, photo):
     np.testing.assert_array_equal(apply_forward(spec, extremes), reference(spec, extremes))
 
 
-def test_arch_d_transforms_in_numpy_and_c_match_the_reference(tmp_path, photo):
-    """A 3x3 SEA OTTER (arch D, zero padding at the borders): the numpy forward and the
-    generated C inverse against the PyTorch integer reference on an odd-sized image."""
+def test_arch_d_transforms_in_numpy_and_c_match_the_reference(tmp_path, photo, monkeypatch):
+    """A 3x3 SEA OTTER (arch D, zero padding at the borders): the numpy forward, the numpy
+    inverse in bands and the generated C inverse against the PyTorch integer reference on an
+    odd-sized image."""
+    from otterlite.runtime import consumer
     from otterlite.firmware_sim.consumer import LibraryInverse
     from otterlite.models.checkpoint import load_seaotter
     from otterlite.runtime import apply_forward
@@ -109,6 +111,8 @@ def test_arch_d_transforms_in_numpy_and_c_match_the_reference(tmp_path, photo):
     codes = np.random.default_rng(4).integers(0, 256, (29, 41, 3), dtype=np.uint8)
     codes[0, 0], codes[-1, -1] = 0, 255  # singular codes at the corners
     np.testing.assert_array_equal(LibraryInverse(inverse, tmp_path / "c").transform(codes), reference(inverse, codes))
+    monkeypatch.setattr(consumer, "BAND_PIXELS", 7 * 41)  # five bands, the 3x3 mix reaching across each band's edges
+    np.testing.assert_array_equal(consumer.apply_inverse(inverse, codes), reference(inverse, codes))
 
 
 def expect_error(capsys, argv, fragment, output):

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from otterlite.errors import OtterliteError
 
 
+# Bounds far beyond the published models (ps <= 32, decoder_dim 64..768, kernel 3, ratio 2), so a
+# corrupted config is refused before it makes torch allocate without bound.
+MAX_PATCH, MAX_DIM, MAX_KERNEL, MAX_MLP_RATIO = 256, 8192, 63, 64.0
+
+
 @dataclass(frozen=True)
 class ScaleGroup:
     ps: int
@@ -82,8 +87,15 @@ class FrappeConfig:
             problems.append(f"decoder_arch = {self.decoder_arch!r} (letters C and T only)")
         if not 1 <= self.n_trained <= len(self.ps):
             problems.append(f"n_trained = {self.n_trained} (must be 1..len(ps) = {len(self.ps)})")
-        if "T" in self.decoder_arch.upper() and self.decoder_dim + 2 <= 0:
-            problems.append(f"decoder_dim = {self.decoder_dim}")
+        if max(self.ps) > MAX_PATCH or self.decoder_ps > MAX_PATCH:
+            problems.append(f"patch sizes {list(self.ps)}, decoder_ps {self.decoder_ps} (at most {MAX_PATCH})")
+        if not 1 <= self.decoder_dim <= MAX_DIM:
+            problems.append(f"decoder_dim = {self.decoder_dim} (must be 1..{MAX_DIM})")
+        if not 1 <= self.decoder_kernel_size <= MAX_KERNEL:
+            problems.append(f"decoder_kernel_size = {self.decoder_kernel_size} (must be 1..{MAX_KERNEL})")
+        if not 0 < self.decoder_mlp_ratio <= MAX_MLP_RATIO or int(self.decoder_mlp_ratio) < 1:
+            problems.append(f"decoder_mlp_ratio = {self.decoder_mlp_ratio} (must be 1..{MAX_MLP_RATIO:g}; the "
+                            f"decoder uses its integer part)")
         if problems:
             raise OtterliteError(f"{source}: invalid FRAPPE config: " + "; ".join(problems))
 

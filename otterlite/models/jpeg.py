@@ -17,6 +17,7 @@ from otterlite.errors import OtterliteError
 
 COMMENT_PREFIX = b"otl seaotter="
 SHA_DIGITS = 16
+MAX_PIXELS = 1 << 26  # 67 MPx (8192 x 8192): a JPEG header declaring more is refused before decoding
 
 
 def write_codec_jpeg(codec: np.ndarray, qtables: list[list[int]], checkpoint_sha: str, k: int) -> bytes:
@@ -39,6 +40,11 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dic
                              f"written by 'otterlite transcode'")
     try:
         image = Image.open(io.BytesIO(data))
+        w, h = image.size
+        if w * h > MAX_PIXELS:
+            raise OtterliteError(f"{source}: the JPEG declares {w}x{h} = {w * h / 1e6:.0f} MPx, more than the "
+                                 f"consumer's limit of {MAX_PIXELS / 1e6:.0f} MPx; a corrupted header, or split the "
+                                 f"image")
         image.draft("YCbCr", image.size)
         if image.mode != "YCbCr":
             raise OtterliteError(f"{source}: JPEG mode {image.mode}; expected 3 components (YCbCr)")

@@ -8,6 +8,7 @@ A 1x1 mix makes rgb a function of one pixel's three codes, so it can be tabulate
 2^24 code triples (64 MB, built with integer arithmetic from the spec) and each pixel is one
 lookup: libjpeg writes 4-byte YCbCrX pixels, read as uint32, masked to 24 bits, looked up.
 Wider mixes, and a decoder built with table=False, run the formula (`apply_inverse`).
+Both work a band of rows (BAND_PIXELS) at a time, so memory beyond the decoded JPEG and the output stays small.
 """
 from __future__ import annotations
 
@@ -28,17 +29,38 @@ def load_inverse_spec(source: str | Path | bytes) -> TableMixSpec:
     return spec
 
 
+BAND_PIXELS = 1 << 16  # pixels per pass (whole rows, at least one): temporaries stay a few MB
+
+
+def band_rows(width: int) -> int:
+    return max(1, BAND_PIXELS // max(width, 1))
+
+
 def apply_inverse(spec: TableMixSpec, codec: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB by the formula (any kernel size)."""
+    """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB by the formula (any kernel size), a band
+    of rows at a time."""
+    out = np.empty(codec.shape, np.uint8)
+    band = band_rows(codec.shape[1])
+    for top in range(0, codec.shape[0], band):
+        out[top:top + band] = inverse_rows(spec, codec, top, min(top + band, codec.shape[0]))
+    return out
+
+
+def inverse_rows(spec: TableMixSpec, codec: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """Output rows top..bottom-1: their input rows +-pad, index 0 (table row 0) outside the image."""
     h, w, _ = codec.shape
     p, k = spec.pad, spec.kernel
     rows = spec.rows()
-    index = np.pad(codec.astype(np.intp) + 1, ((p, p), (p, p), (0, 0)))  # row 0: outside the image
-    acc = np.broadcast_to(spec.bias, (h, w, 3)).copy()
+    index = np.zeros((bottom - top + 2 * p, w + 2 * p, 3), np.intp)
+    lo, hi = max(top - p, 0), min(bottom + p, h)
+    index[lo - top + p:hi - top + p, p:p + w] = codec[lo:hi]
+    index[lo - top + p:hi - top + p, p:p + w] += 1
+    n = bottom - top
+    acc = np.broadcast_to(spec.bias, (n, w, 3)).copy()
     for c in range(spec.tables.shape[0]):
         for u in range(k):
             for v in range(k):
-                acc += rows[c, u, v][index[u:u + h, v:v + w, c]]
+                acc += rows[c, u, v][index[u:u + n, v:v + w, c]]
     return np.clip(acc >> spec.shift, 0, 255).astype(np.uint8)
 
 
@@ -67,8 +89,13 @@ class ConsumerDecoder:
         w, h = image.size
         if self.table is None:
             return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
-        codes = np.bitwise_and(np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32), 0xFFFFFF)
-        return self._lookup(codes, h, w)  # little-endian: code = z0 | z1 << 8 | z2 << 16
+        out = np.empty((h, w, 3), np.uint8)
+        band = band_rows(w)
+        for top in range(0, h, band):  # a band at a time: Pillow's image and the output are the only full frames
+            bottom = min(top + band, h)
+            codes = np.frombuffer(image.crop((0, top, w, bottom)).tobytes("raw", "YCbCrX"), np.uint32)
+            out[top:bottom] = self._lookup(codes & 0xFFFFFF, bottom - top, w)  # little-endian: z0 | z1 << 8 | z2 << 16
+        return out
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
