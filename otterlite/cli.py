@@ -11,6 +11,7 @@ EPILOG = """examples:
   otterlite demo
   otterlite encode photo.png -o photo.otl --n-ch 12
   otterlite transcode photo.otl -o photo.jpg --k 1
+  otterlite transcode-batch uploads/ jpegs/ --k 1 --workers 2
   otterlite decode photo.jpg -o photo.png
   otterlite decode photo.jpg -o photo.png --models models/ --runtime tflite
   otterlite info photo.otl
@@ -118,6 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(p, "seaotter-forward", "numpy (default), onnx, tflite, torch (integer reference)")
     add_checkpoint_args(p, seaotter=True, defaults=False)
 
+    p = sub.add_parser("transcode-batch", help="cloud, at fleet scale: many .otl containers -> JPEGs on Ray Data "
+                       "(local by default, or a Ray cluster)",
+                       epilog="examples:\n  otterlite transcode-batch uploads/ jpegs/ --k 1 --workers 2\n"
+                              "  otterlite transcode-batch 'uploads/**/*.otl' jpegs/ --models out/\n"
+                              "  otterlite transcode-batch shards/ out/ --format parquet   (Parquet shards of (name, "
+                              "container) in, of (name, jpeg) out)\n"
+                              "  RAY_ADDRESS=ray://head:10001 otterlite transcode-batch list.txt jpegs/\n"
+                              "Each output is byte-identical to 'otterlite transcode' of its input; failed inputs are "
+                              "listed in OUT/failures.tsv; a re-run skips the outputs already written.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="a folder (searched recursively), a glob, or a list file of .otl files "
+                   "or of .parquet shards")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--k", type=int, default=0, help="operating point (qtable index, default 0)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, one CPU each (default 2)")
+    p.add_argument("--batch-size", type=int, default=16, help="containers per actor call (default 16)")
+    p.add_argument("--format", default="jpeg", choices=["jpeg", "parquet"],
+                   help="jpeg: OUT/NAME.jpg per input (default); parquet: shards OUT/part-NNNNN.parquet")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else Ray in this "
+                   "process)")
+    add_runtime_args(p, "seaotter-forward", "numpy (default), onnx, tflite, torch (integer reference)")
+    add_checkpoint_args(p, seaotter=True, defaults=False)
+
     p = sub.add_parser("decode", help="consumer: SEA OTTER JPEG -> PNG",
                        epilog="examples:\n  otterlite decode photo.jpg -o photo.png\n"
                               "  otterlite decode photo.jpg -o photo.png --models out/   (numpy and Pillow only)",
@@ -171,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
 
     p = sub.add_parser("bench", help="single-thread encoder and consumer throughput on every available backend",
-                       epilog="example: otterlite bench --json bench.json")
+                       epilog="examples:\n  otterlite bench --json bench.json\n"
+                              "  otterlite bench --batch --files 160   (transcode-batch: 1 and 2 Ray workers against "
+                              "a transcode loop)", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default=None, help="write the figures as JSON here")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds (one run of every backend each), the best run counts (default 5)")
+    p.add_argument("--batch", action="store_true", help="instead: the scaling of transcode-batch on Ray")
+    p.add_argument("--files", type=int, default=None, help="with --batch: 512x512 containers to transcode (default 160)")
 
     p = sub.add_parser("firmware", help="generate the C99 streaming sensor encoder from an export DIR, build it on "
                        "the host and print its resource report ('firmware run OUT IMAGE...' checks it bit-exact)",
@@ -230,6 +258,15 @@ def run(args: argparse.Namespace) -> int:
         st = workflow.transcode_file(args.container, args.output, args.k, args.checkpoint,
                                      args.seaotter_checkpoint, args.cache_dir, args.runtime, args.models)
         print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
+    elif args.command == "transcode-batch":
+        from otterlite.batch import transcode_batch
+
+        refuse_with_models("transcode-batch", args, "--seaotter-checkpoint")
+        summary = transcode_batch(args.src, args.out, args.k, args.checkpoint, args.seaotter_checkpoint,
+                                  args.cache_dir, args.runtime, args.models, args.workers, args.batch_size,
+                                  args.format, args.address)
+        print("\n".join(summary.lines()))
+        return 0 if not summary.failed else 1
     elif args.command == "decode":
         refuse_flag("decode", "--checkpoint", args.checkpoint,
                     "decode uses no FRAPPE model (only the SEA OTTER inverse); did you mean --seaotter-checkpoint?")
@@ -260,10 +297,20 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "bench":
         from otterlite import bench
 
-        if args.repeats < 1:
-            raise OtterliteError(f"--repeats {args.repeats}: give 1 or more")
-        result = bench.bench(args.repeats)
-        print("\n".join(bench.summary(result)))
+        if args.batch:
+            from otterlite.batch import bench_scaling
+
+            refuse_flag("bench --batch", "--repeats", args.repeats, "the batch bench runs once per worker count")
+            if args.files is not None and args.files < 8:
+                raise OtterliteError(f"--files {args.files}: give 8 or more (one batch per worker and more)")
+            result = bench_scaling(args.files or 160)
+        else:
+            refuse_flag("bench", "--files", args.files, "only the batch bench transcodes files; add --batch")
+            repeats = 5 if args.repeats is None else args.repeats
+            if repeats < 1:
+                raise OtterliteError(f"--repeats {repeats}: give 1 or more")
+            result = bench.bench(repeats)
+            print("\n".join(bench.summary(result)))
         if args.json:
             workflow.write_json(args.json, result)
     elif args.command == "firmware":

@@ -78,10 +78,21 @@ def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray) -> LatentFrame:
 
 
 def decode_frame(model, frame: LatentFrame) -> np.ndarray:
-    """FRAPPE decode to uint8 RGB, cropped to the original size."""
+    """FRAPPE decode to uint8 RGB, cropped to the original size. The float decoder runs on one
+    thread without oneDNN, so its output does not depend on the machine's thread count (with
+    oneDNN, 6 to 18 of a 512x512 frame's 786K values differ between 1 and 2 threads; without
+    it, 2 values between 1 and 7 threads): a transcode gives the same JPEG bytes on 1 core or
+    64, alone or in a Ray worker."""
     import torch
 
-    rgb = hwc(model.decode([torch.from_numpy(z)[None] for z in frame.latents]))
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    try:
+        rgb = hwc(model.decode([torch.from_numpy(z)[None] for z in frame.latents]))
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
     return rgb[: frame.height, : frame.width]
 
 
@@ -248,11 +259,20 @@ def forward_transform(runtime: str = "numpy", models: str | None = None, seaotte
     (from --models DIR, else frozen from the checkpoint) on that runtime."""
     check_runtime(runtime)
     if runtime == "float":
+        return forward_from_spec(None, runtime, seaotter_checkpoint, cache_dir)
+    spec, name = deployed_spec("seaotter-forward", models, seaotter_checkpoint, cache_dir=cache_dir)
+    return forward_from_spec(spec, runtime, name=name)
+
+
+def forward_from_spec(spec, runtime: str, seaotter_checkpoint: str | None = None, cache_dir: str | None = None,
+                      name: str = "the forward spec") -> ForwardTransform:
+    """The integer forward `spec` on `runtime`; runtime float (spec None): the float model of
+    the SEA OTTER checkpoint."""
+    if runtime == "float":
         from otterlite.models.checkpoint import load_seaotter
 
         bundle, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
         return ForwardTransform(lambda rgb: hwc(bundle.fwd.to_codec_uint8(nchw(rgb))), bundle.qtables, ckpt.sha256)
-    spec, name = deployed_spec("seaotter-forward", models, seaotter_checkpoint, cache_dir=cache_dir)
     runtime_backend(runtime, spec.kind)
     if not spec.info.get("qtables"):
         raise OtterliteError(f"{name}: the forward spec holds no quantization tables (written by an older "

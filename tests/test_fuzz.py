@@ -207,6 +207,17 @@ def test_memory_limit_turns_a_huge_allocation_into_memory_error():
     assert np.ones(2 << 30, np.uint8)[-1] == 1
 
 
+@pytest.mark.parametrize("side", [9000, 60000])  # over our limit; over Pillow's own (which raises in open)
+def test_a_jpeg_declaring_too_many_pixels_is_refused_before_decoding(corpus, side):
+    import struct
+
+    data = bytearray((corpus / "a.jpg").read_bytes())
+    at = data.index(b"\xff\xc0") + 5  # baseline SOF: length, precision, then height and width
+    data[at:at + 4] = struct.pack(">HH", side, side)
+    with memory_limit(64 << 20), pytest.raises(OtterliteError, match="consumer's limit of 67 MPx"):
+        open_codec_jpeg(bytes(data), "big.jpg")
+
+
 def test_kept_crash_inputs_now_raise_otterlite_errors(corpus):
     """Every input the fuzzer ever crashed a Python reader with (tests/fuzz_cases/READER-*.bin;
     the C harness replays its ppm-*.bin itself)."""

@@ -9,6 +9,7 @@ mismatched inverse.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -39,7 +40,9 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dic
         raise OtterliteError(f"{source}: not a JPEG file (no SOI marker); decode takes the .jpg "
                              f"written by 'otterlite transcode'")
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow's own size check warns; ours (MAX_PIXELS, lower) refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         w, h = image.size
         if w * h > MAX_PIXELS:
             raise OtterliteError(f"{source}: the JPEG declares {w}x{h} = {w * h / 1e6:.0f} MPx, more than the "
@@ -51,6 +54,10 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dic
         image.load()
     except OtterliteError:
         raise
+    except Image.DecompressionBombError:
+        raise OtterliteError(f"{source}: the JPEG declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MPx, over "
+                             f"the consumer's limit of {MAX_PIXELS / 1e6:.0f} MPx; a corrupted header, or split the "
+                             f"image") from None
     except Exception as err:
         raise OtterliteError(f"{source}: unreadable JPEG ({str(err)[:100]}); the file is "
                              f"truncated or corrupted") from None
