@@ -93,6 +93,11 @@ def row_groups(shard: str) -> int:
 
 
 def jpeg_path(out: Path, name: str) -> Path:
+    """OUT/NAME.jpg; a name from a Parquet row is untrusted: it must stay inside OUT."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\0" in name:
+        raise OtterliteError(f"output name {name!r} is not a relative path inside the output folder; rename the "
+                             f"row (no '..', not absolute)")
     return out / f"{name}.jpg"
 
 
@@ -102,8 +107,14 @@ def done_names(out: Path, fmt: str) -> set[str]:
         return {str(p.relative_to(out))[:-len(".jpg")] for p in out.rglob("*.jpg")}
     import pyarrow.parquet as pq
 
-    return {n for shard in sorted(out.glob("part-*.parquet")) for n in pq.read_table(shard, columns=["name"])
-            .column("name").to_pylist()}
+    names = set()
+    for shard in sorted(out.glob("part-*.parquet")):
+        try:
+            names.update(pq.read_table(shard, columns=["name"]).column("name").to_pylist())
+        except Exception as err:
+            raise OtterliteError(f"{shard}: an output shard that cannot be read ({str(err)[:120]}); move it out "
+                                 f"of {out} and re-run") from None
+    return names
 
 
 class Transcoder:
@@ -146,12 +157,12 @@ class Transcoder:
                 raise data
             if data is None:
                 data = Path(source).read_bytes()
+            path = jpeg_path(self.out, name)  # refuses a name that would leave OUT, before any work
             frame, _ = read_header(data, source)
             model, ckpt = self.decoder(frame.n_ch)
             jpeg = transcode_bytes(data, self.s["k"], model, ckpt, self.forward, source)
             row["pixels"] = frame.width * frame.height
             if self.s["format"] == "jpeg":
-                path = jpeg_path(self.out, name)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, jpeg)
             else:

@@ -138,20 +138,22 @@ def test_parquet_shards_in_and_out(fleet, batch_run, tmp_path):
     for i, part in enumerate([names[:12], names[12:]]):
         rows = {"name": part, "container": [(src / f"{n}.otl").read_bytes() for n in part]}
         if i == 1:
-            rows["name"].append("broken")
-            rows["container"].append(b"OTLF" + b"\0" * 20)
+            rows["name"] += ["broken", "../../escape"]
+            rows["container"] += [b"OTLF" + b"\0" * 20, rows["container"][0]]
         pq.write_table(pa.table(rows), shards / f"uploads-{i}.parquet")
     out = tmp_path / "out"
     summary = transcode_batch(str(shards), out, k=1, models=str(root / "models"), workers=2, batch_size=4,
                               fmt="parquet", say=lambda line: None)
-    assert (summary.done, summary.failed) == (GOOD, 1)
+    assert (summary.done, summary.failed) == (GOOD, 2)
     table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
     got = dict(zip(table.column("name").to_pylist(), table.column("jpeg").to_pylist()))
     assert got == {n: (reference / f"{n}.jpg").read_bytes() for n in names}
-    assert list(failures(out)) == [f"{shards / 'uploads-1.parquet'}:broken"]
+    found = failures(out)
+    assert sorted(found) == [f"{shards / 'uploads-1.parquet'}:{n}" for n in ("../../escape", "broken")]
+    assert "not a relative path inside the output folder" in found[f"{shards / 'uploads-1.parquet'}:../../escape"]
     again = transcode_batch(str(shards), out, k=1, models=str(root / "models"), workers=1, fmt="parquet",
                             say=lambda line: None)
-    assert (again.done, again.skipped, again.failed) == (0, GOOD, 1)
+    assert (again.done, again.skipped, again.failed) == (0, GOOD, 2)
 
 
 def expect_error(capsys, argv, fragment):
