@@ -8,7 +8,8 @@ A 1x1 mix makes rgb a function of one pixel's three codes, so it can be tabulate
 2^24 code triples (64 MB, built with integer arithmetic from the spec) and each pixel is one
 lookup: libjpeg writes 4-byte YCbCrX pixels, read as uint32, masked to 24 bits, looked up.
 Wider mixes, and a decoder built with table=False, run the formula (`apply_inverse`).
-Both work a band of rows (BAND_PIXELS) at a time, so memory beyond the decoded JPEG and the output stays small.
+Both work a band of rows (BAND_PIXELS) at a time: beyond the decoded JPEG, its raw bytes and
+the output, memory stays a few MB.
 """
 from __future__ import annotations
 
@@ -89,13 +90,13 @@ class ConsumerDecoder:
         w, h = image.size
         if self.table is None:
             return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
-        out = np.empty((h, w, 3), np.uint8)
-        band = band_rows(w)
-        for top in range(0, h, band):  # a band at a time: Pillow's image and the output are the only full frames
-            bottom = min(top + band, h)
-            codes = np.frombuffer(image.crop((0, top, w, bottom)).tobytes("raw", "YCbCrX"), np.uint32)
-            out[top:bottom] = self._lookup(codes & 0xFFFFFF, bottom - top, w)  # little-endian: z0 | z1 << 8 | z2 << 16
-        return out
+        codes = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32)  # little-endian: z0 | z1 << 8 | z2 << 16
+        packed = np.empty(h * w, np.uint32)  # r | g << 8 | b << 16 per pixel; the result is a view of it
+        step = band_rows(w) * w
+        for at in range(0, h * w, step):  # full frames: Pillow's image, these codes and the output; the rest per band
+            # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
+            packed[at:at + step] = np.take(self.table, (codes[at:at + step] & 0xFFFFFF).astype(np.intp))
+        return packed.view(np.uint8).reshape(h, w, 4)[..., :3]
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
