@@ -91,21 +91,21 @@ class ConsumerDecoder:
         if self.table is None:
             return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
         codes = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32)  # little-endian: z0 | z1 << 8 | z2 << 16
-        packed = np.empty(h * w, np.uint32)  # r | g << 8 | b << 16 per pixel; the result is a view of it
-        step = band_rows(w) * w
-        for at in range(0, h * w, step):  # full frames: Pillow's image, these codes and the output; the rest per band
-            # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
-            packed[at:at + step] = np.take(self.table, (codes[at:at + step] & 0xFFFFFF).astype(np.intp))
-        return packed.view(np.uint8).reshape(h, w, 4)[..., :3]
+        return self._lookup(codes, h, w)
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
         if self.table is None:
             return apply_inverse(self.spec, codec)
         z = codec.astype(np.uint32)
-        return self._lookup(z[..., 0] | z[..., 1] << 8 | z[..., 2] << 16, *codec.shape[:2])
+        return self._lookup((z[..., 0] | z[..., 1] << 8 | z[..., 2] << 16).ravel(), *codec.shape[:2])
 
     def _lookup(self, codes: np.ndarray, h: int, w: int) -> np.ndarray:
-        """Packed codes -> (H, W, 3) uint8 RGB, unpacking the table's r | g << 8 | b << 16."""
-        # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
-        return np.take(self.table, codes.astype(np.intp)).view(np.uint8).reshape(h, w, 4)[..., :3]
+        """(H*W,) packed codes (the low 24 bits) -> (H, W, 3) uint8 RGB, a view of the table's
+        r | g << 8 | b << 16 per pixel, looked up a band at a time."""
+        packed = np.empty(h * w, np.uint32)
+        step = band_rows(w) * w
+        for at in range(0, h * w, step):
+            # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
+            packed[at:at + step] = np.take(self.table, (codes[at:at + step] & 0xFFFFFF).astype(np.intp))
+        return packed.view(np.uint8).reshape(h, w, 4)[..., :3]
