@@ -170,7 +170,7 @@ def setup(say=print) -> Path:
     if reason:
         raise OtterliteError(reason)
     if not shutil.which("mmdebstrap"):
-        from otterlite.firmware_sim.cross import apt_install
+        from otterlite.debian import apt_install
 
         say("installing mmdebstrap (apt-get)")
         apt_install(["mmdebstrap"])

@@ -64,7 +64,7 @@ def load(backend: str, path: str):
     from pathlib import Path
 
     from otterlite.backends import BACKENDS
-    from otterlite.spec.types import load_spec
+    from otterlite.integer_spec.types import load_spec
 
     chosen = BACKENDS[backend]
     spec = load_spec(Path(path).read_bytes(), path) if chosen.artifact == "spec" else None

@@ -2,13 +2,16 @@
 uint8 input batches of shape (1, 3, H, W), returning NCHW outputs (NHWC artifacts are
 transposed at the boundary); verify, tests and the CLI iterate this table. A runner that
 reads interleaved pixels natively also has `run.nhwc(x)` for (1, H, W, 3) input, which
-`bench` times so that the transposition of the test input is not counted."""
+`bench` times so that the transposition of the test input is not counted. A runner whose
+runtime can show its intermediate values has `run.probe(x)`: {"outputs": [...], probe name:
+array} in divergence.py's names and layout, for verify to say where a difference began."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +20,7 @@ import numpy as np
 
 from otterlite.arm_env import CPUS as ARM_CPUS
 from otterlite.errors import OtterliteError
-from otterlite.firmware_sim.cross import CROSS
+from otterlite.firmware_sim.toolchains import CROSS
 
 
 def module(name: str, install: str) -> Callable[[], str | None]:
@@ -71,26 +74,48 @@ def nhwc_runner(invoke: Callable, input_shape_nhwc, path: Path) -> Callable:
 def load_torch_reference(path: Path, spec):
     import torch
 
-    from otterlite.spec.torch_reference import run_spec
+    from otterlite.integer_spec.torch_reference import run_spec
 
     def run(x):
         return [o.numpy() for o in run_spec(spec, torch.from_numpy(x))]
+
+    def probe(x):
+        outputs, trace = run_spec(spec, torch.from_numpy(x), intermediate=True)
+        return {"outputs": [o.numpy() for o in outputs], **{k: v.numpy() for k, v in trace.items()}}
+    run.probe = probe
     return run
 
 
 def load_numpy_frame(path: Path, spec):
+    """encode_frame, apply_forward or the consumer's transform; the encoder and the forward
+    transform probe their accumulators (the inverse's 2^24-entry lookup has no intermediate)."""
     from otterlite.runtime import ConsumerDecoder, apply_forward, encode_frame
+    from otterlite.runtime.encoder import frame_accumulators
+    from otterlite.runtime.forward import forward_accumulator
 
     if spec.kind == "frappe-encoder":
-        return hwc_runner(lambda rgb: encode_frame(spec, rgb))
-    return transform_runner(ConsumerDecoder(spec).transform if spec.kind == "seaotter-inverse" else
-                            (lambda rgb: apply_forward(spec, rgb)))
+        run = hwc_runner(lambda rgb: encode_frame(spec, rgb))
+        return with_probe(run, lambda rgb: [a.transpose(2, 0, 1) for a in frame_accumulators(spec, rgb)])
+    if spec.kind == "seaotter-inverse":
+        return transform_runner(ConsumerDecoder(spec).transform)
+    run = transform_runner(lambda rgb: apply_forward(spec, rgb))
+    return with_probe(run, lambda rgb: [forward_accumulator(spec, rgb).transpose(2, 0, 1)])
 
 
 def load_numpy_streaming(path: Path, spec):
     from otterlite.runtime import StreamingEncoder
 
-    return hwc_runner(lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).encode(rgb))
+    run = hwc_runner(lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).encode(rgb))
+    return with_probe(run, lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).trace(rgb))
+
+
+def with_probe(run: Callable, accumulators: Callable) -> Callable:
+    """run.probe from accumulators((H, W, 3) uint8) -> per stage (C, h, w)."""
+    def probe(x):
+        accs = accumulators(np.ascontiguousarray(x[0].transpose(1, 2, 0)))
+        return {"outputs": run(x), **{f"stage{i}.accumulator": a[None].astype(np.int64) for i, a in enumerate(accs)}}
+    run.probe = probe
+    return run
 
 
 def hwc_runner(encode: Callable) -> Callable:
@@ -122,11 +147,21 @@ def load_c_library(path: Path, spec):
         run_inverse = transform_runner(LibraryInverse(spec, folder.name).transform)
         run_inverse.folder = folder
         return run_inverse
-    encoder = host.LibraryEncoder(host.build_library(generate(spec, Path(folder.name) / "src")), spec)
+    source = generate(spec, Path(folder.name) / "src")
+    encoder = host.LibraryEncoder(host.build_library(source), spec)
+    traced = []
 
     def run(x):  # the C interleaves the planes row by row, faster than a numpy transpose
         return [z[None] for z in encoder.encode(x[0], planar=True)]
+
+    def probe(x):  # a second build of the same sources with the accumulator hook (-DOTL_TRACE)
+        if not traced:
+            traced.append(host.LibraryEncoder(host.build_library(source, trace=True), spec))
+        accs = traced[0].trace(x[0], planar=True)
+        return {"outputs": [z[None] for z in traced[0].encode(x[0], planar=True)],
+                **{f"stage{i}.accumulator": a[None].astype(np.int64) for i, a in enumerate(accs)}}
     run.nhwc = lambda x: [z[None] for z in encoder.encode(x[0])]
+    run.probe = probe
     run.folder = folder
     return run
 
@@ -143,7 +178,7 @@ def c_loader(cross_target: str | None):
             binary = host.build_host(sources)
             harness = lambda rgb: host.run_harness([str(binary)], rgb)  # noqa: E731
         else:
-            target = cross.CROSS[cross_target]
+            target = CROSS[cross_target]
             binary = cross.build_cross(sources, target)
             harness = lambda rgb: cross.run_cross(target, binary, rgb)  # noqa: E731
 
@@ -158,9 +193,10 @@ def c_loader(cross_target: str | None):
 
 def c_ready(cross_target: str | None) -> Callable[[], str | None]:
     def missing():
-        from otterlite.firmware_sim import cross, host
+        from otterlite.firmware_sim import host
+        from otterlite.firmware_sim.toolchains import missing
 
-        return host.compiler_missing() if cross_target is None else cross.missing(cross.CROSS[cross_target])
+        return host.compiler_missing() if cross_target is None else missing(CROSS[cross_target])
     return missing
 
 
@@ -175,9 +211,28 @@ def onnxruntime_loader(level: str, threads: int):
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        probing = []
 
         def run(x):
             return session.run(None, {name: x})
+
+        def probe(x):  # a copy of the graph with the intermediate tensors as extra outputs
+            import onnx
+
+            from otterlite.export import onnx_writer
+
+            wanted = onnx_writer.probe_outputs(spec)
+            if not probing:
+                model = onnx.load(str(path))
+                model.graph.output.extend(onnx.helper.make_tensor_value_info(tensor, dtype, None)
+                                          for tensor, dtype in wanted.values())
+                probing.append(ort.InferenceSession(model.SerializeToString(), options,
+                                                    providers=["CPUExecutionProvider"]))
+            values = probing[0].run(None, {name: x})
+            n = len(values) - len(wanted)
+            extra = onnx_writer.probe_values(spec, dict(zip(wanted, values[n:])), *x.shape[2:])
+            return {"outputs": values[:n], **extra}
+        run.probe = probe
         return run
     return load
 
@@ -198,7 +253,31 @@ def litert_loader(resolver: str):
             interpreter.set_tensor(source["index"], x)
             interpreter.invoke()
             return [interpreter.get_tensor(o["index"]) for o in outputs]
-        return nhwc_runner(invoke, source["shape"], path)
+
+        def probe(x):
+            """LiteRT's preserved tensors; preserving them turns the default delegates (XNNPACK)
+            off, so divergence.py checks that this run reproduces the difference."""
+            from otterlite.export import tflite_writer
+
+            with warnings.catch_warnings():  # "intended for debugging purposes only": this is one
+                warnings.simplefilter("ignore")
+                kept = Interpreter(model_content=path.read_bytes(), num_threads=1,
+                                   experimental_preserve_all_tensors=True,
+                                   experimental_op_resolver_type=getattr(OpResolverType, resolver))
+            kept.allocate_tensors()
+            kept.set_tensor(source["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+            kept.invoke()
+            index = {d["name"]: d["index"] for d in kept.get_tensor_details()}
+
+            def tensor(name):
+                return tuple(kept.get_tensor(index[n]) for n in name) if isinstance(name, tuple) else \
+                    kept.get_tensor(index[name])
+            values = {k: tensor(n) for k, n in tflite_writer.probe_tensors(spec).items()}
+            got = [np.ascontiguousarray(kept.get_tensor(o["index"]).transpose(0, 3, 1, 2)) for o in outputs]
+            return {"outputs": got, **tflite_writer.probe_values(spec, values)}
+        run = nhwc_runner(invoke, source["shape"], path)
+        run.probe = probe
+        return run
     return load
 
 
@@ -256,7 +335,7 @@ def arm_loader(cpu: str, backend: str):
     (arm_env.py); the runner's `detail` names that build and the CPU features it ran with."""
     def load(path: Path, spec):
         from otterlite import arm_env
-        from otterlite.spec.types import save_spec
+        from otterlite.integer_spec.types import save_spec
 
         folder = None
         if BACKENDS[backend].artifact == "spec":  # the worker reads the spec blob itself

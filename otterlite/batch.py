@@ -148,7 +148,8 @@ class Transcoder:
     def transcode(self, name: str, source: str, data: bytes | OtterliteError | None) -> dict:
         """One container (its bytes, or None: read the file `source`) -> a result row."""
         from otterlite.container import read_header
-        from otterlite.workflow import transcode_bytes, write_atomic
+        from otterlite.files import write_atomic
+        from otterlite.workflow import transcode_bytes
 
         row = {"name": name, "source": source, "status": "done", "reason": "", "pixels": 0, "jpeg": b"",
                "worker_mb": 0.0}
@@ -383,7 +384,7 @@ def write_shard(out: Path, rows: list[tuple[str, bytes]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from otterlite.workflow import write_atomic
+    from otterlite.files import write_atomic
 
     number = len(list(out.glob("part-*.parquet")))
     sink = pa.BufferOutputStream()
@@ -394,7 +395,7 @@ def write_shard(out: Path, rows: list[tuple[str, bytes]]) -> Path:
 
 def write_failures(out: Path, failures: list[tuple[str, str]]) -> Path:
     """OUT/failures.tsv: one `input<TAB>reason` line per container that failed in this run."""
-    from otterlite.workflow import write_atomic
+    from otterlite.files import write_atomic
 
     text = "".join(f"{s}\t{r.replace(chr(9), ' ').replace(chr(10), ' ')}\n" for s, r in sorted(failures))
     return write_atomic(out / FAILURES, ("input\treason\n" + text).encode())

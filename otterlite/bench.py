@@ -68,8 +68,8 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     from otterlite.models.checkpoint import load_frappe, load_seaotter
     from otterlite.models.jpeg import write_codec_jpeg
     from otterlite.runtime import ConsumerDecoder, StreamingEncoder
-    from otterlite.spec.fidelity import Target
-    from otterlite.spec.freeze import freeze_seaotter_inverse
+    from otterlite.integer_spec.fidelity import Target
+    from otterlite.integer_spec.freeze import freeze_seaotter_inverse
 
     torch.set_num_threads(1)
     steady_allocator()

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from otterlite.errors import OtterliteError
+from otterlite.files import check_writable, write_atomic, write_json
 
 EPILOG = """examples:
   otterlite demo
@@ -63,7 +64,7 @@ def refuse_with_models(command: str, args: argparse.Namespace, flag: str) -> Non
 
 
 def add_fidelity_args(p: argparse.ArgumentParser) -> None:
-    """The fidelity target (otterlite.spec.fidelity.Target); None = its default."""
+    """The fidelity target (otterlite.integer_spec.fidelity.Target); None = its default."""
     p.add_argument("--min-equal", type=float, default=None,
                    help="encoder: least share of latents equal to the float model (default 0.99)")
     p.add_argument("--max-lsb", type=int, default=None,
@@ -73,7 +74,7 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
 
 
 def fidelity_target(args: argparse.Namespace):
-    from otterlite.spec.fidelity import Target
+    from otterlite.integer_spec.fidelity import Target
 
     given = {k: getattr(args, k) for k in ("min_equal", "max_lsb", "min_within") if getattr(args, k) is not None}
     return Target(**given)
@@ -179,13 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="run every artifact in DIR on every backend; exit 0 only if all are bit-exact "
                        "and faithful to the float model",
-                       epilog="example: otterlite verify out/ --json parity.json\n"
-                              "exit 0: every backend exact and every model meets its fidelity target; 1 otherwise",
+                       epilog="examples:\n  otterlite verify out/ --json parity.json\n"
+                              "  otterlite verify out/ --backends torch-int numpy 'ort-*' --html report.html "
+                              "--junit junit.xml\n"
+                              "exit 0: every backend exact and every model meets its fidelity target; 1 otherwise; "
+                              "2 on bad input",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--images", nargs="+", default=None, help="photos to verify on (default: bundled photos)")
     p.add_argument("--backends", nargs="+", default=None, help="subset of backends (default: all)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--html", default=None, help="write a self-contained HTML report here (matrix, divergences, "
+                   "fidelity histograms, pictures, provenance; needs otterlite[report])")
+    p.add_argument("--junit", default=None, help="write JUnit XML here (a case per model and backend, and per "
+                   "fidelity target)")
     add_fidelity_args(p)
 
     p = sub.add_parser("info", help="describe a .otl container, SEA OTTER JPEG, integer .spec, exported .onnx / "
@@ -232,9 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "  otterlite setup arm-runtimes     (arm64 Python + numpy, Pillow, onnxruntime, LiteRT, and "
                               "armhf Python + numpy, under qemu-user for the *-a53/-a72/-a76/-max/-a7 backends "
                               "(after setup toolchains); location: $OTTERLITE_ARM_RUNTIMES or "
-                              "~/.cache/otterlite/arm-runtimes)",
+                              "~/.cache/otterlite/arm-runtimes)\n"
+                              "  otterlite setup chromium         (apt-get: headless Chromium, which renders 'verify --html' "
+                              "reports in the tests)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["tflite-runtime", "toolchains", "arm-runtimes"])
+    p.add_argument("what", choices=["tflite-runtime", "toolchains", "arm-runtimes", "chromium"])
     return parser
 
 
@@ -283,12 +293,26 @@ def run(args: argparse.Namespace) -> int:
                fidelity_target(args), args.allow_low_fidelity,
                given={"--min-equal": args.min_equal, "--min-within": args.min_within})
     elif args.command == "verify":
+        from otterlite import reports
+        from otterlite.export import read_manifest
         from otterlite.verify import format_report, report_data, verify
 
-        report = verify(args.folder, args.images, args.backends, target=fidelity_target(args))
+        for path in (args.json, args.html, args.junit):  # before minutes of work, not after
+            check_writable(path)
+        if args.html:
+            reports.check_matplotlib()
+        report = verify(args.folder, args.images, args.backends, target=fidelity_target(args),
+                        pictures=bool(args.html))
         print("\n".join(format_report(report)))
         if args.json:
-            workflow.write_json(args.json, report_data(report))
+            write_json(args.json, report_data(report))
+        if args.junit:
+            write_atomic(args.junit, reports.junit_xml(report))
+            print(f"wrote {args.junit}")
+        if args.html:
+            print("drawing the HTML report ...")
+            write_atomic(args.html, reports.html_report(report, read_manifest(args.folder), args.folder).encode())
+            print(f"wrote {args.html}")
         return 0 if report.exact and report.faithful else 1
     elif args.command == "info":
         from otterlite.info import describe
@@ -312,23 +336,27 @@ def run(args: argparse.Namespace) -> int:
             result = bench.bench(repeats)
             print("\n".join(bench.summary(result)))
         if args.json:
-            workflow.write_json(args.json, result)
+            write_json(args.json, result)
     elif args.command == "firmware":
-        from otterlite.firmware_sim import firmware
-        from otterlite.firmware_sim.report import format_report
+        from otterlite.firmware import firmware
+        from otterlite.firmware_report import format_report
 
         result = firmware(args.folder, args.target, args.output)
         print("\n".join(format_report(result)))
         if args.json:
-            workflow.write_json(args.json, result)
+            write_json(args.json, result)
     elif args.command == "firmware-run":
-        from otterlite.firmware_sim import run_firmware
+        from otterlite.firmware import run_firmware
 
         return 0 if run_firmware(args.folder, args.images, args.sanitize) else 1
     elif args.command == "setup" and args.what == "arm-runtimes":
         from otterlite import arm_env
 
         arm_env.setup()
+    elif args.command == "setup" and args.what == "chromium":
+        from otterlite.reports import setup_chromium
+
+        setup_chromium()
     elif args.command == "setup" and args.what == "toolchains":
         from otterlite.firmware_sim.cross import setup_toolchains
 

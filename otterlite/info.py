@@ -11,9 +11,9 @@ from pathlib import Path
 from otterlite.container import MAGIC, read_container
 from otterlite.errors import OtterliteError
 from otterlite.models.jpeg import read_codec_jpeg
-from otterlite.spec.types import MAGIC as SPEC_MAGIC
-from otterlite.spec.types import VERSION as SPEC_VERSION
-from otterlite.spec.types import TableMixSpec, load_spec
+from otterlite.integer_spec.types import MAGIC as SPEC_MAGIC
+from otterlite.integer_spec.types import VERSION as SPEC_VERSION
+from otterlite.integer_spec.types import TableMixSpec, load_spec
 
 
 def describe(path: str | Path) -> list[str]:

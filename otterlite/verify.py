@@ -3,9 +3,11 @@ integer reference, over photos and a built-in adversarial set. Exact means zero
 mismatching integers; there is no tolerance here."""
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,13 +15,15 @@ import numpy as np
 
 from otterlite import arm_env
 from otterlite.backends import BACKENDS
+from otterlite.divergence import describe, locate
 from otterlite.errors import OtterliteError
 from otterlite.export import fidelity_summary, input_size, read_manifest
 from otterlite.images import load_rgb, psnr, sample_photo
-from otterlite.spec import load_spec
-from otterlite.spec.types import TableMixSpec
+from otterlite.integer_spec import load_spec
+from otterlite.integer_spec.types import TableMixSpec
 
 DEFAULT_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
+PROGRESS_S = 20  # a backend still running after this long says how far it is
 
 
 @dataclass
@@ -32,12 +36,18 @@ class Result:
     first_difference: str | None = None
     status: str = "exact"  # exact | mismatch | not installed: ... | error: ...
     detail: str | None = None  # e.g. the TFLM arena bytes
+    divergence: dict | None = None  # divergence.locate on the first differing input
+    seconds: float = 0.0  # loading and running this backend on every input
 
 
 @dataclass
 class Report:
     results: list[Result] = field(default_factory=list)
     fidelity: dict = field(default_factory=dict)  # per model: figures, target, pass, failures, source
+    # with pictures=True, for reports.py (not in the JSON): per model its first photo, the
+    # reference outputs and the float model's; per (model, backend) the first differing input
+    samples: dict = field(default_factory=dict)
+    mismatch_samples: dict = field(default_factory=dict)
 
     @property
     def faithful(self) -> bool:
@@ -144,14 +154,17 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> t
 
 
 def verify(folder: str | Path, images: list[str] | None = None, backends: list[str] | None = None,
-           say=print, with_fidelity: bool = True, target=None) -> Report:
+           say=print, with_fidelity: bool = True, target=None, pictures: bool = False) -> Report:
     """Parity of every artifact on every backend, and (with_fidelity) each model's fidelity
-    to its float model against `target` (spec.fidelity.Target; default: its defaults)."""
-    from otterlite.spec.fidelity import Target
+    to its float model against `target` (integer_spec.fidelity.Target; default: its defaults);
+    `pictures` keeps the samples an HTML report draws."""
+    from otterlite.integer_spec.fidelity import Target
 
     target = target or Target()
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if not manifest["artifacts"]:
+        raise OtterliteError(f"{folder}/manifest.json lists no artifacts; run 'otterlite export MODEL -o {folder}'")
     names = select_backends(backends)
     photos = [(Path(p).name, load_rgb(p)) for p in images] if images else [
         (n, load_rgb(sample_photo(n))) for n in DEFAULT_PHOTOS]
@@ -174,10 +187,14 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
         if key not in references:  # one reference run per spec and size, shared by its formats
             inputs = [(n, fit(rgb, height, width)) for n, rgb in photos] + adversarial(spec, height, width)
             reference = BACKENDS["torch-int"].load(artifact, spec)
-            references[key] = inputs, [reference(x) for _, x in inputs]
-        inputs, ref_outputs = references[key]
+            references[key] = inputs, [reference(x) for _, x in inputs], reference.probe
+        inputs, ref_outputs, reference_probe = references[key]
         say(f"{entry['model']} ({entry['format']}): {len(inputs)} inputs ({len(photos)} photos + adversarial set)")
         out_names = [o["name"] for o in entry["outputs"]]
+        if pictures and entry["model"] not in report.samples:
+            label, x = inputs[0]
+            report.samples[entry["model"]] = {"label": label, "input": x, "outputs": ref_outputs[0], "names": out_names,
+                                              **float_outputs(entry, x)}
         for b in names:
             backend = BACKENDS[b]
             result = Result(entry["model"], b)
@@ -192,19 +209,31 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
             if reason:
                 result.status = f"not installed: {reason}"
                 continue
+            started = time.perf_counter()
             try:
                 run = backend.load(artifact, spec)
+                shown = time.perf_counter()
                 for (label, x), ref in zip(inputs, ref_outputs):
-                    bad, lsb, first = compare(ref, run(x), out_names)
+                    if time.perf_counter() - shown > PROGRESS_S:
+                        say(f"  {b}: {result.images}/{len(inputs)} inputs ...")
+                        shown = time.perf_counter()
+                    got = run(x)
+                    bad, lsb, first = compare(ref, got, out_names)
                     result.images += 1
                     result.mismatches += bad
                     result.max_lsb = max(result.max_lsb, lsb)
                     if first and result.first_difference is None:
                         result.first_difference = f"{first} on {label}"
+                        result.divergence = localise(spec, x, ref, got, run, out_names, reference_probe)
+                        if pictures:
+                            report.mismatch_samples[(entry["model"], b)] = {"label": label, "input": x,
+                                                                            "reference": ref, "backend": got}
             except OtterliteError as err:  # a backend that cannot run this artifact: its cell says why
+                result.seconds = time.perf_counter() - started
                 result.status = f"error: {str(err).splitlines()[0][:300]}"
                 say(f"  {b}: {result.status}")
                 continue
+            result.seconds = time.perf_counter() - started
             result.status = "exact" if result.mismatches == 0 else "mismatch"
             result.detail = run.detail() if hasattr(run, "detail") else None
             say(f"  {b}: {result.status}" + (f", {result.detail}" if result.detail else ""))
@@ -216,6 +245,14 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
     report.results = [r for r in report.results if not r.status.startswith("not applicable")]
     arm_env.stop_workers({BACKENDS[b].arm_cpu for b in names if BACKENDS[b].emulated})
     return report
+
+
+def localise(spec, x, ref, got, run, names, reference_probe) -> dict:
+    """divergence.locate, or why it could not say."""
+    try:
+        return locate(spec, x, ref, got, names, run, reference_probe)
+    except Exception as err:  # noqa: BLE001 - the mismatch stands; only its explanation is missing
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
 
 
 def fidelity(entry: dict, spec, spec_sha256: str, photos: list[np.ndarray], target) -> dict:
@@ -235,11 +272,32 @@ def fidelity(entry: dict, spec, spec_sha256: str, photos: list[np.ndarray], targ
     return {"available": False, "reason": reason, "pass": False, "failures": [reason]}
 
 
+def float_outputs(entry: dict, x: np.ndarray) -> dict:
+    """{"float": the float model's outputs on x (1, 3, H, W) as integers, or None, "float_reason"}:
+    the encoder's rounded latents, a transform's output rounded and clamped to 0..255."""
+    try:
+        import torch
+
+        from otterlite.models.checkpoint import load_frappe, load_seaotter
+
+        source = entry["checkpoint"]["source"]
+        with torch.no_grad():
+            if entry["model"] == "frappe-encoder":
+                model, _ = load_frappe(source, entry["n_ch"])
+                return {"float": [z.numpy() for z in model.encode(torch.from_numpy(x))], "float_reason": ""}
+            bundle, _ = load_seaotter(source)
+            transform = copy.deepcopy(bundle.inv if entry["model"] == "seaotter-inverse" else bundle.fwd).double()
+            y = torch.clamp(torch.round(transform(torch.from_numpy(x).to(torch.float64))), 0, 255)
+            return {"float": [y.to(torch.uint8).numpy()], "float_reason": ""}
+    except Exception as err:  # noqa: BLE001 - the checkpoint may live on another machine
+        return {"float": None, "float_reason": str(err).splitlines()[0][:200] if str(err) else type(err).__name__}
+
+
 def measure_fidelity(entry: dict, spec, photos: list[np.ndarray]) -> dict:
     try:
         from otterlite.models.checkpoint import load_frappe, load_seaotter
-        from otterlite.spec import fidelity as fid
-        from otterlite.spec.torch_reference import run_spec
+        from otterlite.integer_spec import fidelity as fid
+        from otterlite.integer_spec.torch_reference import run_spec
 
         source = entry["checkpoint"]["source"]
         if entry["model"] == "frappe-encoder":
@@ -283,7 +341,8 @@ def cell_text(r: Result | None) -> str:
     if r.status == "exact":
         return f"exact ({r.images} inputs)" + (f", {r.detail}" if r.detail else "")
     if r.status == "mismatch":
-        return f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}"
+        where = describe(r.divergence)
+        return f"MISMATCH {r.mismatches} max {r.max_lsb} LSB, first {r.first_difference}" + (f": {where}" if where else "")
     return r.status
 
 

@@ -7,8 +7,6 @@ consumer: JPEG -> libjpeg raw components -> SEA OTTER inverse -> RGB
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,36 +16,9 @@ import numpy as np
 
 from otterlite.container import LatentFrame, read_container, read_header, write_container
 from otterlite.errors import OtterliteError
+from otterlite.files import read_bytes, write_atomic
 from otterlite.images import encode_png, load_rgb, pad_to_multiple
 from otterlite.models.jpeg import check_marker, read_codec_jpeg, write_codec_jpeg
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write via a temporary file and rename, so a failure never leaves a partial output."""
-    path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise OtterliteError(f"output folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, data) -> Path:
-    """`data` as indented JSON, written atomically (write_atomic)."""
-    return write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def read_bytes(path: str | Path, what: str) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise OtterliteError(f"{path}: no such file; give the {what}")
-    return path.read_bytes()
 
 
 def nchw(rgb: np.ndarray):
@@ -196,7 +167,7 @@ def deployed_spec(kind: str, models: str | None, checkpoint: str | None = None, 
                              f"pass --models DIR (a folder from 'otterlite export'), or install otterlite[torch]")
     from otterlite.export import freeze, photo_loader
     from otterlite.images import notice
-    from otterlite.spec.fidelity import Target
+    from otterlite.integer_spec.fidelity import Target
 
     encoder = kind == "frappe-encoder"
     spec, ckpt, fidelity = freeze(kind, checkpoint if encoder else None, None if encoder else checkpoint, n_ch,

@@ -13,9 +13,9 @@ from otterlite.cli import main
 from otterlite.export import FORMATS, MODELS, export
 from otterlite.export.onnx_writer import GraphBuilder, count_thresholds, finish
 from otterlite.models.checkpoint import load_frappe, load_seaotter
-from otterlite.spec import load_spec, save_spec
-from otterlite.spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
-from otterlite.spec.torch_reference import run_spec
+from otterlite.integer_spec import load_spec, save_spec
+from otterlite.integer_spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
+from otterlite.integer_spec.torch_reference import run_spec
 from otterlite.verify import adversarial, fit, verify
 
 SIZE = "128x192"
@@ -115,7 +115,7 @@ def test_inverse_tables_exhaustive():
     tensors = {k: v.astype(np.float64) for k, v in read_checkpoint("default", SEAOTTER).tensors.items()}
     bundle, ckpt = load_seaotter()
     spec = freeze_seaotter_inverse(bundle, ckpt.sha256)
-    from otterlite.spec.freeze import inverse_terms
+    from otterlite.integer_spec.freeze import inverse_terms
 
     terms, _, _ = inverse_terms(bundle.inv)
     assert spec.tables.shape == (3, 1, 1, 256, 3)

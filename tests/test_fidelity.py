@@ -9,8 +9,8 @@ import published
 from otterlite.cli import main
 from otterlite.images import load_rgb, sample_photo
 from otterlite.models.checkpoint import load_frappe, load_seaotter
-from otterlite.spec import freeze
-from otterlite.spec.fidelity import Target, encoder_fidelity, transform_fidelity, within_share
+from otterlite.integer_spec import freeze
+from otterlite.integer_spec.fidelity import Target, encoder_fidelity, transform_fidelity, within_share
 
 HELD_OUT = ("astronaut.png", "rocket.jpg", "motorcycle_right.png")  # not in the calibration set
 UPSTREAM = [(arch, init) for arch in "ABEFG" for init in ("jfif", "identity")]

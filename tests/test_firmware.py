@@ -14,9 +14,9 @@ from otterlite.cli import main
 from otterlite.container import LatentFrame, write_container
 from otterlite.errors import OtterliteError
 from otterlite.export import export
-from otterlite.firmware_sim import build_host, cross, encode_c, generate, host
-from otterlite.firmware_sim.report import frame_work
-from otterlite.firmware_sim.workflow import reference_latents
+from otterlite.firmware_sim import build_host, cross, encode_c, generate, host, toolchains
+from otterlite.firmware import reference_latents
+from otterlite.firmware_report import frame_work
 from otterlite.images import sample_photo
 from otterlite.runtime import load_encoder_spec
 from otterlite.verify import adversarial
@@ -179,21 +179,21 @@ def require_cross(name):
     from test_export_verify import require
 
     require(f"qemu-{name}")
-    return cross.CROSS[name]
+    return toolchains.CROSS[name]
 
 
 def test_make_cross_builds_the_contract_binaries(built, tmp_path, photo):
     """`make -C OUT cross` builds every cross binary; the Cortex-M ELF under QEMU (semihosting
     arguments IN.ppm OUT.bin) and otl_aarch64 under qemu-user write otl_host's bytes."""
     spec, binary, _ = built
-    for name in cross.CROSS:
+    for name in toolchains.CROSS:
         require_cross(name)
     folder = generate(spec, tmp_path / "src")
     done = subprocess.run(["make", "-C", str(folder), "cross"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rgb = np.ascontiguousarray(photo[:150, :200])
     want = host.run_harness([str(binary)], rgb)
-    m4, a64 = cross.CROSS["cortex-m4"], cross.CROSS["aarch64"]
+    m4, a64 = toolchains.CROSS["cortex-m4"], toolchains.CROSS["aarch64"]
     qemu_m4 = ["qemu-system-arm", "-M", "mps2-an386", "-cpu", "cortex-m4", "-display", "none", "-serial", "none",
                "-monitor", "none", "-kernel", str(folder / "otl_cortex-m4.elf"), "-semihosting-config"]
     assert host.run_harness(lambda args: [*qemu_m4, "enable=on,target=native,arg=otl," +
@@ -224,7 +224,7 @@ def test_model_too_large_for_the_part_is_a_one_line_error(built, tmp_path):
     m4 = require_cross("cortex-m4")
     tiny = dataclasses.replace(m4, flash=(m4.flash[0], 16 * 1024), ram=(m4.ram[0], 8 * 1024))
     folder = generate(spec, tmp_path / "src")
-    (folder / "cortex-m4.ld").write_text(cross.linker_script(tiny))
+    (folder / "cortex-m4.ld").write_text(toolchains.linker_script(tiny))
     with pytest.raises(OtterliteError) as err:
         cross.build_cross(folder, tiny)
     message = str(err.value)
@@ -249,7 +249,7 @@ def test_hung_emulator_and_missing_toolchain(built, tmp_path, photo, monkeypatch
     elf = cross.build_cross(generate(spec, tmp_path / "src"), m4)
     with pytest.raises(OtterliteError, match="no exit after"):
         cross.run_cross(m4, elf, np.ascontiguousarray(photo), timeout=0.01)
-    monkeypatch.setattr(cross.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(toolchains.shutil, "which", lambda tool: None)
     with pytest.raises(OtterliteError, match="gcc-arm-none-eabi"):
         cross.build_cross(tmp_path / "src", m4)
     from otterlite.backends import BACKENDS

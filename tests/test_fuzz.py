@@ -30,7 +30,7 @@ from otterlite.info import describe  # noqa: E402
 from otterlite.models.jpeg import open_codec_jpeg  # noqa: E402
 from otterlite.runtime import (ConsumerDecoder, apply_forward, apply_inverse, load_encoder_spec,  # noqa: E402
                                load_inverse_spec)
-from otterlite.spec.types import load_spec  # noqa: E402
+from otterlite.integer_spec.types import load_spec  # noqa: E402
 from otterlite.workflow import encode_spec, transcode_file  # noqa: E402
 from published import SMALL_FRAPPE, write_frappe  # noqa: E402
 

@@ -15,8 +15,8 @@ from otterlite.models.checkpoint import load_seaotter
 from otterlite.models.jpeg import write_codec_jpeg
 from otterlite.runtime import (ConsumerDecoder, StreamingEncoder, apply_inverse, encode_frame, load_encoder_spec,
                                load_inverse_spec)
-from otterlite.spec import save_spec
-from otterlite.spec.torch_reference import run_spec
+from otterlite.integer_spec import save_spec
+from otterlite.integer_spec.torch_reference import run_spec
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from otterlite.export import export
 from otterlite.images import sample_photo
 from otterlite.models.jpeg import read_codec_jpeg
 from otterlite.runtime import load_forward_spec, load_inverse_spec
-from otterlite.spec.torch_reference import run_spec
+from otterlite.integer_spec.torch_reference import run_spec
 from published import write_upstream_seaotter
 
 INTEGER_RUNTIMES = ("numpy", "onnx", "tflite", "torch")  # all of them run the transforms; c the inverse too
@@ -100,7 +100,7 @@ def test_arch_d_transforms_in_numpy_and_c_match_the_reference(tmp_path, photo, m
     from otterlite.firmware_sim.consumer import LibraryInverse
     from otterlite.models.checkpoint import load_seaotter
     from otterlite.runtime import apply_forward
-    from otterlite.spec.freeze import freeze_seaotter_forward, freeze_seaotter_inverse
+    from otterlite.integer_spec.freeze import freeze_seaotter_forward, freeze_seaotter_inverse
 
     folder, _ = write_upstream_seaotter(tmp_path / "d", "D", "jfif", seed=3)
     bundle, ckpt = load_seaotter(str(folder))

@@ -11,8 +11,8 @@ from otterlite.export import MODELS
 from otterlite.export.tflite_info import read_tflite
 from otterlite.export.tflite_writer import TfliteGraph, count_thresholds, digit_planes
 from otterlite.models.checkpoint import load_frappe
-from otterlite.spec.freeze import freeze_frappe_encoder
-from otterlite.spec.types import FLOAT_EXACT_LIMIT
+from otterlite.integer_spec.freeze import freeze_frappe_encoder
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT
 from test_export_verify import exported, require  # noqa: F401  (shared module fixture)
 
 EXACT_OPS = {"DEQUANTIZE", "QUANTIZE", "CONV_2D", "CAST", "MUL", "ADD", "GREATER_EQUAL", "GATHER", "PAD",

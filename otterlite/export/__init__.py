@@ -1,6 +1,6 @@
 """`otterlite export`: checkpoint -> integer spec -> deployable files + manifest.json.
 
-DIR/<model>.spec   the frozen integer spec (blob layout in otterlite/spec/types.py)
+DIR/<model>.spec   the frozen integer spec (blob layout in otterlite/integer_spec/types.py)
 DIR/<model>.onnx   the ONNX graph (NCHW)
 DIR/<model>.tflite the TFLite flatbuffer (NHWC)
 DIR/manifest.json  one entry per artifact (see `artifact_entry`)
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import TableMixSpec, save_spec
+from otterlite.integer_spec.types import TableMixSpec, save_spec
 
 MODELS = ("frappe-encoder", "seaotter-inverse", "seaotter-forward")
 FORMATS = ("onnx", "tflite")
@@ -87,10 +87,10 @@ def check_flags(models: list[str], given: dict) -> None:
 def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | None, n_ch: int | None,
            weight_bits: int | str, cache_dir: str | None, photos, target, say=print):
     """-> (spec, checkpoint, fidelity judged against target). weight_bits 'auto': per scale
-    group the fewest in 8..12 that meet the target on `photos()` (spec.fidelity.auto_weight_bits)."""
+    group the fewest in 8..12 that meet the target on `photos()` (integer_spec.fidelity.auto_weight_bits)."""
     from otterlite.models.checkpoint import load_frappe, load_seaotter
-    from otterlite.spec import fidelity as fid
-    from otterlite.spec import freeze as f
+    from otterlite.integer_spec import fidelity as fid
+    from otterlite.integer_spec import freeze as f
 
     if model_name == "frappe-encoder":
         model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
@@ -171,7 +171,7 @@ def tool_versions() -> dict:
 def artifact_entry(spec, fmt: str, file: str, data: bytes, height: int, width: int, ckpt, extra: dict) -> dict:
     import torch
 
-    from otterlite.spec.torch_reference import run_spec
+    from otterlite.integer_spec.torch_reference import run_spec
 
     x = fixed_input(height, width)
     outs = [o.numpy() for o in run_spec(spec, torch.from_numpy(x))]
@@ -206,8 +206,8 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
     error (a fidelity target missed included, unless allow_low_fidelity) writes nothing.
     `given`: further flags the caller was given ({flag: value}, None = not given), to refuse
     those no exported model uses."""
-    from otterlite.spec.fidelity import Target
-    from otterlite.workflow import write_atomic, write_json
+    from otterlite.integer_spec.fidelity import Target
+    from otterlite.files import write_atomic, write_json
 
     for m in models:
         if m not in MODELS:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from otterlite.spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
 
 OPSET = 17
 
@@ -134,6 +134,23 @@ def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: st
     inputs = [helper.make_tensor_value_info("codec", TensorProto.UINT8, [1, 3, height, width])]
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.UINT8, [1, 3, height, width])]
     return finish(g, spec.kind, inputs, outputs)
+
+
+def probe_outputs(spec) -> dict[str, tuple[str, int]]:
+    """divergence.py's probe name -> (tensor of these graphs, its element type): the
+    intermediate values verify adds as extra outputs to a copy of the graph."""
+    if isinstance(spec, TableMixSpec):
+        return {"table": ("table_values", TensorProto.INT64), "accumulator": ("accumulator", TensorProto.INT64)}
+    return {f"stage{i}.accumulator": (f"s{i}_accumulator", TensorProto.INT32) for i in range(len(spec.stages))}
+
+
+def probe_values(spec, values: dict[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+    """The extra outputs in divergence.py's layout: table (T, N, 3) -> (1, T, H, W, 3),
+    accumulator (N, 3) -> (1, 3, H, W); encoder accumulators are NCHW already."""
+    if not isinstance(spec, TableMixSpec):
+        return values
+    return {"table": values["table"].reshape(1, -1, height, width, 3),
+            "accumulator": values["accumulator"].reshape(1, height, width, 3).transpose(0, 3, 1, 2)}
 
 
 def finish(g: GraphBuilder, name: str, inputs, outputs) -> onnx.ModelProto:

@@ -27,7 +27,7 @@ import numpy as np
 import tflite
 from tflite.BuiltinOperator import BuiltinOperator as Op
 
-from otterlite.spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
 
 TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
          np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
@@ -282,6 +282,31 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
         count = count_thresholds(g, acc, stage.thresholds, tag)
         outputs.append(narrow(g, count, spec.base, out_dtype, name))
     return g.serialize([image], outputs, spec.kind)
+
+
+def probe_tensors(spec) -> dict[str, str | tuple[str, str]]:
+    """divergence.py's probe name -> the tensor of these graphs holding it (for the inverse's
+    table, its hi and lo parts), read from LiteRT's preserved tensors."""
+    if isinstance(spec, TableMixSpec):
+        return {"table": ("table_hi", "table_lo"), "accumulator": "clamped"}
+    out = {}
+    for i, stage in enumerate(spec.stages):
+        planes = len(digit_planes(stage.weights))
+        out[f"stage{i}.accumulator"] = f"s{i}_sum{planes - 1}" if planes > 1 else f"s{i}_plane0_int"
+    return out
+
+
+def probe_values(spec, tensors: dict[str, np.ndarray | tuple]) -> dict[str, np.ndarray]:
+    """Preserved NHWC tensors -> divergence.py's layout. The table parts come back as
+    hi * 65536 + lo per (term, output), with the bias taken back out of channel 0's centre tap."""
+    if not isinstance(spec, TableMixSpec):
+        return {name: t.transpose(0, 3, 1, 2).astype(np.int64) for name, t in tensors.items()}
+    hi, lo = (t.astype(np.int64) for t in tensors["table"])
+    n, h, w, _ = hi.shape
+    entries = (hi * 65536 + lo).reshape(n, h, w, -1, 3).transpose(0, 3, 1, 2, 4).copy()
+    k = spec.kernel
+    entries[:, (k // 2) * k + k // 2] -= spec.bias
+    return {"table": entries, "accumulator": tensors["accumulator"].transpose(0, 3, 1, 2).astype(np.int64)}
 
 
 def sum_parts(g: TfliteGraph, hi: int, lo: int, terms: int, shift: int) -> int:

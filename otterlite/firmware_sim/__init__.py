@@ -6,6 +6,5 @@ SEA OTTER inverse as one generated C99 file (consumer.py).
 """
 from otterlite.firmware_sim.codegen import generate
 from otterlite.firmware_sim.host import build_host, compiler_missing, encode_c
-from otterlite.firmware_sim.workflow import firmware, run_firmware
 
-__all__ = ["build_host", "compiler_missing", "encode_c", "firmware", "generate", "run_firmware"]
+__all__ = ["build_host", "compiler_missing", "encode_c", "generate"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.firmware_sim.codegen import HOST_CFLAGS, LIBRARY, SANITIZE_CFLAGS
+from otterlite.firmware_sim.toolchains import HOST_CFLAGS, LIBRARY, SANITIZE_CFLAGS
 
 RUN_TIMEOUT_S = 300
 
@@ -56,17 +56,19 @@ def build_host(folder: str | Path, sanitize: bool = False, defines: tuple[str, .
     return binary.resolve()
 
 
-def build_library(folder: str | Path) -> Path:
-    """Compile `folder`'s encoder library into folder/libotl.so, for in-process use."""
+def build_library(folder: str | Path, trace: bool = False) -> Path:
+    """Compile `folder`'s encoder library into folder/libotl.so, for in-process use; with
+    trace, folder/libotl_trace.so built with -DOTL_TRACE (the accumulator hook, LibraryEncoder.trace)."""
     folder = Path(folder)
     reason = compiler_missing()
     if reason:
         raise OtterliteError(reason)
-    done = subprocess.run([find_compiler(), *HOST_CFLAGS, "-shared", "-fPIC", "-o", "libotl.so", *LIBRARY], cwd=folder,
-                          capture_output=True, text=True)
+    name = "libotl_trace.so" if trace else "libotl.so"
+    done = subprocess.run([find_compiler(), *HOST_CFLAGS, *(["-DOTL_TRACE"] if trace else []), "-shared", "-fPIC",
+                           "-o", name, *LIBRARY], cwd=folder, capture_output=True, text=True)
     if done.returncode:
         raise OtterliteError(f"compiling {folder} failed:\n{done.stderr.strip()}")
-    return (folder / "libotl.so").resolve()
+    return (folder / name).resolve()
 
 
 class LibraryEncoder:
@@ -96,6 +98,26 @@ class LibraryEncoder:
         if error:
             raise OtterliteError(f"C encoder: {error.decode()}")
         return split_latents(out, latent_shapes(self.spec, h, w))
+
+    def trace(self, pixels: np.ndarray, planar: bool = False) -> list[np.ndarray]:
+        """Per group the (C, h, w) int32 accumulators the C computed before counting thresholds
+        (a library from build_library(..., trace=True))."""
+        import ctypes
+
+        h, w = pixels.shape[1:] if planar else pixels.shape[:2]
+        accs = [np.zeros(s, np.int32) for s in latent_shapes(self.spec, h, w)]
+        i32 = ctypes.POINTER(ctypes.c_int32)
+
+        def keep(group, row, acc, channels, cols):
+            accs[group][:, row] = np.ctypeslib.as_array(acc, (cols, channels)).T
+        hook = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, i32, ctypes.c_int, ctypes.c_int)(keep)
+        slot = ctypes.c_void_p.in_dll(self.lib, "otl_trace")
+        slot.value = ctypes.cast(hook, ctypes.c_void_p).value
+        try:
+            self.encode(pixels, planar)
+        finally:
+            slot.value = None
+        return accs
 
 
 def write_ppm(path: Path, rgb: np.ndarray) -> None:

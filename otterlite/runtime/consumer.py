@@ -19,7 +19,7 @@ import numpy as np
 
 from otterlite.errors import OtterliteError
 from otterlite.models.jpeg import check_marker, open_codec_jpeg
-from otterlite.spec.types import TableMixSpec, read_spec
+from otterlite.integer_spec.types import TableMixSpec, read_spec
 
 
 def load_inverse_spec(source: str | Path | bytes) -> TableMixSpec:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import ThresholdConvSpec, read_spec
+from otterlite.integer_spec.types import ThresholdConvSpec, check_encoder_spec, read_spec
 
 
 def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
@@ -28,15 +28,6 @@ def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
     spec, name = read_spec(source, "frappe-encoder.spec")
     check_encoder_spec(spec, name)
     return spec
-
-
-def check_encoder_spec(spec, name: str = "spec") -> None:
-    if not isinstance(spec, ThresholdConvSpec) or spec.kind != "frappe-encoder":
-        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a FRAPPE "
-                             f"encoder; pass the frappe-encoder.spec written by 'otterlite export'")
-    for s in spec.stages:
-        if s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3:
-            raise OtterliteError(f"{name}: stage with stride {s.stride}, pad {s.pad}: not a patch conv")
 
 
 class PatchGroup:
@@ -73,6 +64,7 @@ class StreamingEncoder:
         self.acc = [np.zeros((self.padded_width // g.k, g.channels), np.int32) for g in self.groups]
         self.row = 0
         self.last = None
+        self.traced = None  # accumulators kept by trace()
 
     @property
     def state_bytes(self) -> int:
@@ -127,6 +119,8 @@ class StreamingEncoder:
             u = self.row % g.k
             acc += wide.reshape(-1, 3 * g.k) @ g.phase[u]
             if u == g.k - 1:
+                if self.traced is not None:
+                    self.traced[gi][:, self.row // g.k] = acc.T
                 done.append((gi, self.row // g.k, g.count(acc)))
                 acc[:] = 0
         self.row += 1
@@ -144,9 +138,26 @@ class StreamingEncoder:
         return latents
 
 
+    def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """A debug path: per group the (C, h, w) int32 accumulators this encoder counted
+        thresholds on, for a whole (H, W, 3) frame."""
+        self.traced = [np.zeros((g.channels, self.padded_height // g.k, self.padded_width // g.k), np.int32)
+                       for g in self.groups]
+        try:
+            self.encode(rgb)
+            return self.traced
+        finally:
+            self.traced = None
+
+
 def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
     """Whole-frame mode: the same integer formula vectorised over all patch rows at once.
     rgb (H, W, 3) uint8 with sides multiples of the largest patch -> per group (C, h, w) int8."""
+    return [PatchGroup(stage).count(acc) for stage, acc in zip(spec.stages, frame_accumulators(spec, rgb))]
+
+
+def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
+    """encode_frame's accumulators: per group (h, w, C) int32, a[i, j, c] = sum_u row(k*i + u) @ phase[u]."""
     check_encoder_spec(spec)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise OtterliteError(f"frame must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
@@ -163,5 +174,5 @@ def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
         acc = np.zeros((h // g.k, w // g.k, g.channels), np.int32)
         for u in range(g.k):
             acc += rows[:, u] @ g.phase[u]
-        out.append(g.count(acc))
+        out.append(acc)
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import ThresholdConvSpec, read_spec
+from otterlite.integer_spec.types import ThresholdConvSpec, read_spec
 
 
 def load_forward_spec(source: str | Path | bytes) -> ThresholdConvSpec:
@@ -27,6 +27,16 @@ def load_forward_spec(source: str | Path | bytes) -> ThresholdConvSpec:
 def apply_forward(spec: ThresholdConvSpec, rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 codec values by the formula."""
     stage = spec.stages[0]
+    acc = forward_accumulator(spec, rgb)
+    out = np.empty_like(rgb)
+    for c in range(acc.shape[-1]):
+        out[..., c] = spec.base + np.searchsorted(stage.thresholds[c], acc[..., c], side="right")
+    return out
+
+
+def forward_accumulator(spec: ThresholdConvSpec, rgb: np.ndarray) -> np.ndarray:
+    """(H, W, C) int64 acc of the formula above."""
+    stage = spec.stages[0]
     h, w, _ = rgb.shape
     p, k = stage.pad, stage.weights.shape[-1]
     x = np.pad(rgb.astype(np.int64), ((p, p), (p, p), (0, 0)))
@@ -34,7 +44,4 @@ def apply_forward(spec: ThresholdConvSpec, rgb: np.ndarray) -> np.ndarray:
     for u in range(k):
         for v in range(k):
             acc += x[u:u + h, v:v + w] @ stage.weights[:, :, u, v].T
-    out = np.empty_like(rgb)
-    for c in range(acc.shape[-1]):
-        out[..., c] = spec.base + np.searchsorted(stage.thresholds[c], acc[..., c], side="right")
-    return out
+    return acc

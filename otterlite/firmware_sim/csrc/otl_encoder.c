@@ -386,11 +386,18 @@ static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, i
         kernel(acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, w, grp);
 }
 
+#ifdef OTL_TRACE
+otl_trace_fn otl_trace = 0;
+#endif
+
 static int emit_complete(otl_encoder *enc, int g, otl_emit_fn emit, void *ctx) {
     const otl_group *grp = &otl_groups[g];
     const int cols = enc->padded_width / grp->patch;
     int32_t *acc = enc->acc[g];
     int c;
+#ifdef OTL_TRACE
+    if (otl_trace) otl_trace(g, enc->row / grp->patch, acc, grp->channels, cols);
+#endif
     for (c = 0; c < grp->channels; c++)
         count_row(enc->latents + c * cols, acc + c, grp->channels, cols, grp->thresholds + 256 * c);
     emit(ctx, g, enc->row / grp->patch, enc->latents, grp->channels, cols);

@@ -66,4 +66,11 @@ int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int h
  * OTL_ERR_ROWS if the frame already has all its rows. */
 int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx);
 
+#ifdef OTL_TRACE
+/* Debug builds only (verify's divergence localisation): when set, called with each completed
+ * accumulator row acc[j * channels + c], before the threshold count. */
+typedef void (*otl_trace_fn)(int group, int latent_row, const int32_t *acc, int channels, int cols);
+extern otl_trace_fn otl_trace;
+#endif
+
 #endif

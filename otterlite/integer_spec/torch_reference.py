@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from otterlite.spec.types import TableMixSpec, ThresholdConvSpec
+from otterlite.integer_spec.types import TableMixSpec, ThresholdConvSpec
 
 
 def conv_int(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int) -> torch.Tensor:

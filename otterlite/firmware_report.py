@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.firmware_sim import host
-from otterlite.firmware_sim.codegen import STRICT_C99
+from otterlite.firmware_sim.toolchains import CROSS, STRICT_C99, missing
 from otterlite.firmware_sim.targets import Target
 
 FRAME_SIZES = ((480, 640), (1080, 1920))  # (height, width)
@@ -149,8 +149,8 @@ def measured_on_cpus(spec, folder: Path, say=print) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         plugin = None
-        for target in cross.CROSS.values():
-            reason = cross.missing(target)
+        for target in CROSS.values():
+            reason = missing(target)
             if reason:
                 out[target.name] = {"measured": False, "reason": reason}
                 continue

@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.firmware_sim import codegen, host, report
+from otterlite import firmware_report as report
+from otterlite.files import write_json
+from otterlite.firmware_sim import codegen, host
 from otterlite.firmware_sim.codegen import SPEC_FILE
+from otterlite.firmware_sim.toolchains import HOST_CFLAGS
 from otterlite.firmware_sim.targets import parse_targets
 
 
@@ -15,7 +18,6 @@ def firmware(folder: str | Path, targets: str, out: str | Path, say=print) -> di
     """Generate OUT from the exported encoder in `folder`, build it on the host, and return
     (and write to OUT/report.json) the resource report for the targets."""
     from otterlite.runtime import load_encoder_spec
-    from otterlite.workflow import write_json
 
     chosen = parse_targets(targets)
     spec = load_encoder_spec(folder)
@@ -50,7 +52,7 @@ def run_firmware(out: str | Path, images: list[str], sanitize: bool = False, say
         raise OtterliteError("give at least one image, e.g. 'otterlite firmware run OUT photo.png'")
     spec = load_encoder_spec(out / SPEC_FILE)
     binary = host.build_host(out, sanitize)
-    say(f"built {binary} ({' '.join(codegen.HOST_CFLAGS)}{' + sanitizers' if sanitize else ''})")
+    say(f"built {binary} ({' '.join(HOST_CFLAGS)}{' + sanitizers' if sanitize else ''})")
     exact = True
     for image in images:
         rgb = load_rgb(image)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from otterlite.errors import OtterliteError
-from otterlite.spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TABLE_SUM_LIMIT, ConvStage, TableMixSpec,
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TABLE_SUM_LIMIT, ConvStage, TableMixSpec,
                                   ThresholdConvSpec, accumulator_range)
 
 FRAPPE_WEIGHT_BITS = 8

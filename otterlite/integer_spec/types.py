@@ -16,7 +16,7 @@ table per (input channel c, tap u, v), holding all three outputs:
     out[o, h, w] = clamp(floor(acc / 2^shift), 0, 255)      (bias holds +2^(shift-1):
                    round half up of the scaled sum)
   Every table entry is one rounded product round(W' * t(z) * 2^shift), so a huge table value
-  (a singular code) never costs the ordinary codes their precision (spec/freeze.py).
+  (a singular code) never costs the ordinary codes their precision (integer_spec/freeze.py).
 
 Blob layout (little-endian): magic b"OTLS", u8 version (2), 3 zero bytes, u32 JSON length
 N, N bytes of UTF-8 JSON (kind, fields, and for each array its name, dtype, shape and
@@ -294,3 +294,12 @@ def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
                                                             all(is_int(v, 1, 255) for v in t) for t in q)
                 for q in qtables):
             raise bad("qtables are not lists of 3 x 64 ints in 1..255")
+
+
+def check_encoder_spec(spec, name: str = "spec") -> None:
+    if not isinstance(spec, ThresholdConvSpec) or spec.kind != "frappe-encoder":
+        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a FRAPPE "
+                             f"encoder; pass the frappe-encoder.spec written by 'otterlite export'")
+    for s in spec.stages:
+        if s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3:
+            raise OtterliteError(f"{name}: stage with stride {s.stride}, pad {s.pad}: not a patch conv")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from otterlite.errors import OtterliteError
 from otterlite.images import pad_to_multiple
-from otterlite.spec.torch_reference import run_spec
-from otterlite.spec.types import TableMixSpec
+from otterlite.integer_spec.torch_reference import run_spec
+from otterlite.integer_spec.types import TableMixSpec
 
 RANDOM_IMAGES = 4  # uniform random 256x256 images (PCG64 seed 11) beside the photos for kxk transforms
 
@@ -167,7 +167,7 @@ AUTO_BITS = range(8, 13)
 def auto_weight_bits(model, source_sha256: str, photos: list[np.ndarray], target: Target) -> list[int]:
     """Per scale group the fewest weight bits in 8..12 whose latents on `photos` meet the
     target (equal share and max LSB of that group); 12 where none does (export then says so)."""
-    from otterlite.spec.freeze import freeze_frappe_encoder
+    from otterlite.integer_spec.freeze import freeze_frappe_encoder
 
     chosen = [None] * len(model.encoder.groups)
     floats = float_latents(model, photos)
