@@ -5,8 +5,20 @@ Every figure is the best of `repeats` timed runs after one warm-up run. The runs
 round-robin (one run of every backend per round), so that a slow spell of a shared machine
 hits every backend alike and the ratios to the torch float reference hold within a run.
 Each backend gets the photo in its own input layout, prepared outside the timing: NCHW, or
-NHWC for runners with `run.nhwc` (the C library, TFLite). MPx/s counts input pixels. Every integer backend's output is also checked against the
-first one's, so "fastest exact" means exact on this very input.
+NHWC for runners with `run.nhwc` (the C library, TFLite). MPx/s counts input pixels. Every
+integer backend's output is also checked against the first one's, so "fastest exact" means
+exact on this very input. One thread everywhere: torch, onnxruntime, LiteRT, and the BLAS
+under numpy (threadpoolctl).
+
+Two references beside torch float, built and timed in the same run:
+- memory-read: one vectorized pass that only reads the frame (numpy's max over it as
+  uint64), the limit of any encoder that reads every pixel once; each encoder's figure is
+  also given as a fraction of it;
+- the standard int8 peer: what a user would otherwise deploy, the same float encoder
+  exported by torch.onnx and quantized by onnxruntime.quantization.quantize_static (QDQ,
+  per-channel int8 weights, uint8 activations, calibrated on the sample photos), on
+  onnxruntime; with its fidelity (share of latents equal to the float model's), since it
+  promises no exactness.
 """
 from __future__ import annotations
 
@@ -57,7 +69,73 @@ def photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(load_rgb(sample_photo("astronaut.png"))).resize((width, height), Image.BICUBIC))
 
 
+class FloatEncoderGraph:
+    """The float FRAPPE encoder as torch.onnx exports it: float32 NCHW image in 0..255 ->
+    the companded values per group (rounding and clamping stay outside, as in a QDQ model)."""
+
+    def __new__(cls, encoder):
+        import torch
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = encoder
+
+            def forward(self, x):
+                x = x / 127.5 - 1
+                return tuple(e(x) for e in self.encoder.encoders)
+        return Graph().eval()
+
+
+def qdq_peer(model, height: int, width: int, calibration: list[np.ndarray], folder: Path):
+    """(run(x NCHW uint8) -> per group int8 latents, ONNX path) of the standard int8 model."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from otterlite.verify import fit
+
+    float_path, int8_path = folder / f"float-{width}x{height}.onnx", folder / f"qdq-{width}x{height}.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is the one without onnxscript
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FloatEncoderGraph(model.encoder), (torch.zeros(1, 3, height, width),), str(float_path),
+                          dynamo=False, opset_version=17, input_names=["image"])
+
+    class Photos(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"image": fit(p, height, width).astype(np.float32)} for p in calibration]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+    quantize_static(str(float_path), str(int8_path), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+    session = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return [np.clip(np.round(y), -127, 127).astype(np.int8)
+                for y in session.run(None, {"image": x.astype(np.float32)})]
+    return run
+
+
+def read_pass(frame: np.ndarray):
+    """One vectorized pass that only reads the frame (as uint64 words)."""
+    words = np.ascontiguousarray(frame).reshape(-1)
+    words = words[: words.size // 8 * 8].view(np.uint64)
+    return lambda: words.max()
+
+
 def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return bench_one_thread(repeats, say, sizes)
+
+
+def bench_one_thread(repeats: int, say, sizes) -> dict:
     import tempfile
 
     import torch
@@ -65,6 +143,7 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
 
     from otterlite.backends import BACKENDS
     from otterlite.export import build, freeze, photo_loader
+    from otterlite.images import calibration_photos
     from otterlite.models.checkpoint import load_frappe, load_seaotter
     from otterlite.models.jpeg import write_codec_jpeg
     from otterlite.runtime import ConsumerDecoder, StreamingEncoder
@@ -83,9 +162,11 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     table_build_s = time.perf_counter() - started
     formula = ConsumerDecoder(inverse, table=False)  # what 'otterlite decode' runs on one JPEG
     available = [b for b in ENCODERS if not BACKENDS[b].missing()]
+    peer = not BACKENDS["ort-O3-t1"].missing()  # the QDQ peer runs on onnxruntime
+    photos = calibration_photos(None)
     result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"],
               "weight_bits": spec.info["weight_bits"], "consumer_table_build_s": table_build_s}
-    steps, step = len(sizes) * (len(available) + 2), 0
+    steps, step = len(sizes) * (len(available) + 2 + peer), 0
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in sizes:
             size = f"{width}x{height}"
@@ -93,8 +174,19 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
             x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
             x_nhwc = np.ascontiguousarray(rgb)[None]
             mpx = height * width / 1e6
-            runs = {"torch-float": lambda: model.encode(torch.from_numpy(x))}
-            exact, reference = {"torch-float": None}, None
+            runs = {"torch-float": lambda: model.encode(torch.from_numpy(x)), "memory-read": read_pass(x)}
+            exact, reference = {"torch-float": None, "memory-read": None}, None
+            with torch.no_grad():
+                float_latents = [z.numpy() for z in model.encode(torch.from_numpy(x))]
+            if peer:
+                run_peer = qdq_peer(model, height, width, photos, Path(tmp))
+                runs["ort-qdq-int8-peer"] = lambda: run_peer(x)
+                equal = [int((a == b).sum()) for a, b in zip(run_peer(x), float_latents)]
+                exact["ort-qdq-int8-peer"] = None
+                result.setdefault("peer_equal_share", {})[size] = sum(equal) / sum(z.size for z in float_latents)
+                step += 1
+                say(f"[{step}/{steps}] {size}: built the standard int8 QDQ peer, "
+                    f"{100 * result['peer_equal_share'][size]:.1f}% of latents equal to the float model")
             for name in available:
                 backend = BACKENDS[name]
                 path = Path(tmp) / f"{size}.{backend.artifact}"
@@ -107,12 +199,16 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
                 exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
                 step += 1
                 say(f"[{step}/{steps}] {size}: loaded {name}, {'exact' if exact[name] else 'NOT EXACT'}")
+            if reference:
+                equal = sum(int((a == b).sum()) for a, b in zip(reference, float_latents))
+                result.setdefault("fidelity_at", {})[size] = {"exact_equal_share": equal / sum(z.size for z in float_latents)}
             step += 1
             say(f"[{step}/{steps}] {size}: timing torch-float and {len(available)} backends, {repeats} rounds")
             with torch.no_grad():
                 seconds = best_times(runs, repeats)
             for name, t in seconds.items():
-                fig = {"mpx_s": mpx / t, "vs_torch_float": seconds["torch-float"] / t, "exact": exact[name]}
+                fig = {"mpx_s": mpx / t, "vs_torch_float": seconds["torch-float"] / t,
+                       "vs_memory_read": seconds["memory-read"] / t, "exact": exact[name]}
                 result["encoder"].setdefault(name, {"sizes": {}})["sizes"][size] = fig
                 say(f"    encoder {name} {size}: {fig['mpx_s']:.1f} MPx/s, {fig['vs_torch_float']:.2f}x torch float")
             with torch.no_grad():
@@ -137,6 +233,9 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     result["streaming_state_bytes"] = streaming.state_bytes
     result["figures_at"] = goal
     exact = {n: f for n, f in result["encoder"].items() if f["sizes"][goal]["exact"]}
+    if "ort-qdq-int8-peer" in result["encoder"]:
+        result["exact_onnx_vs_peer"] = (result["encoder"]["ort-O3-t1"]["mpx_s"] / result["encoder"]["ort-qdq-int8-peer"]["mpx_s"]
+                                        if "ort-O3-t1" in result["encoder"] else None)
     result["fastest_exact_encoder"] = max(exact, key=lambda n: exact[n]["mpx_s"]) if exact else None
     return result
 
@@ -146,7 +245,13 @@ def summary(result: dict) -> list[str]:
     fastest = result["fastest_exact_encoder"]
     lines = [f"at {at}, 1 thread, {result['n_ch']} channels, weight bits {result.get('weight_bits')}:"]
     for name, fig in result["encoder"].items():
-        lines.append(f"  encoder {name:<16} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float")
+        lines.append(f"  encoder {name:<17} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float  "
+                     f"{fig['vs_memory_read']:5.3f} of the memory-read pass")
+    if result.get("peer_equal_share"):
+        ours = result["fidelity_at"][at]["exact_equal_share"]
+        lines.append(f"  standard int8 QDQ peer: {100 * result['peer_equal_share'][at]:.1f}% of latents equal to the "
+                     f"float model (the exact spec: {100 * ours:.1f}%), no cross-runtime promise; exact ONNX on "
+                     f"onnxruntime at {result['exact_onnx_vs_peer']:.2f}x its speed")
     lines.append(f"  fastest exact encoder: {fastest} ({result['encoder'][fastest]['vs_torch_float']:.2f}x torch float)"
                  if fastest else "  no exact encoder backend available")
     lines.append(f"  streaming working memory: peak {result['streaming_peak_bytes']} B "

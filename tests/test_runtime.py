@@ -44,14 +44,50 @@ def test_streaming_and_frame_match_reference_on_odd_sizes(specs, photo, size):
         np.testing.assert_array_equal(a, c)
 
 
+def test_blas_products_exact_at_the_accumulator_extremes(rng):
+    """12-bit weights at patch 32 (a phase's bound 255 * 96 * 2047 is above 2^24: float64) and
+    8-bit at patch 8 (float32), on frames that drive every accumulator to its extremes, with
+    thresholds at those extremes: frame and streaming equal the int64 reference."""
+    from otterlite.integer_spec.types import ConvStage, ThresholdConvSpec
+    from otterlite.runtime.encoder import PatchGroup, frame_accumulators
+
+    stages = []
+    for k, peak, first in ((32, 2047, 0), (8, 127, 3)):
+        w = rng.integers(-peak, peak + 1, (3, 3, k, k)).astype(np.int64)
+        w[0], w[1] = peak, -peak  # channel 0 all +peak, channel 1 all -peak
+        lo, hi = 255 * np.minimum(w, 0).reshape(3, -1).sum(1), 255 * np.maximum(w, 0).reshape(3, -1).sum(1)
+        t = np.sort(rng.integers(lo[:, None], hi[:, None] + 1, (3, 254)), axis=1)
+        t[:, 0], t[:, -1] = lo, hi  # counted exactly at the extremes
+        stages.append(ConvStage(w, t.astype(np.int64), k, 0, (first, first + 3)))
+    spec = ThresholdConvSpec("frappe-encoder", stages, -127, "int8", "0" * 64)
+    assert [PatchGroup(s).dtype for s in stages] == [np.float64, np.float32]
+    assert 255 * 3 * 32 * 32 * 2047 < 2 ** 31  # the int32 bound freeze guarantees holds here too
+    frames = [np.full((64, 96, 3), 255, np.uint8), np.zeros((64, 96, 3), np.uint8),
+              rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), np.full((64, 96, 3), 255, np.uint8)]
+    frames[3][::7, ::5] = 254  # odd partial sums past 2^24: float32 would round them
+    for rgb in frames:
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        accumulators = [a[0].numpy() for a in run_spec(spec, x, intermediate=True)[1].values()]
+        for a, b, c in zip(accumulators, frame_accumulators(spec, rgb), StreamingEncoder(spec, 96, 64).trace(rgb)):
+            np.testing.assert_array_equal(a, b.transpose(2, 0, 1))
+            np.testing.assert_array_equal(a, c)
+        want = reference(spec, rgb)
+        if rgb.min() == 255:  # channel 0 at its maximum (all thresholds), channel 1 exactly on its lowest
+            assert (want[0][0] == 127).all() and (want[0][1] == -126).all()
+        for got in (encode_frame(spec, rgb), StreamingEncoder(spec, 96, 64).encode(rgb)):
+            for a, b in zip(want, got):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_streaming_emits_rows_as_soon_as_complete(specs, photo):
     _, spec, _ = specs
     enc = StreamingEncoder(spec, 64, 64)
     emitted = {r: [(g, i) for g, i, _ in enc.push(photo[r, :64].copy())] for r in range(64)}
     assert emitted[7] == [(2, 0)] and emitted[15] == [(1, 0), (2, 1)] and emitted[31] == [(0, 0), (1, 1), (2, 3)]
     assert emitted[0] == [] and enc.finish() == []
-    # state kept between rows: one int32 accumulator row per group + the last row
-    assert enc.state_bytes == (2 * 3 + 4 * 6 + 8 * 3) * 4 + 64 * 3
+    # state kept between rows: one int32 accumulator row per group + the float64 row buffer
+    assert enc.state_bytes == (2 * 3 + 4 * 6 + 8 * 3) * 4 + 64 * 3 * 8
+    assert enc.peak_bytes == enc.state_bytes + 8 * 3 * 8  # + the largest group's product
 
 
 def test_streaming_bad_rows_keep_state_consistent(specs, photo):
@@ -170,3 +206,7 @@ def test_bench_figures_on_a_small_frame():
     assert result["consumer_table_build_s"] > 0
     assert result["streaming_peak_bytes"] > result["streaming_state_bytes"] > 0
     assert any("timing torch-float" in line for line in lines)
+    assert encoders["memory-read"]["vs_memory_read"] == 1.0
+    assert all(0 < fig["vs_memory_read"] for fig in encoders.values())
+    assert 0.5 < result["peer_equal_share"]["96x64"] <= 1 and "ort-qdq-int8-peer" in encoders
+    assert 0.9 < result["fidelity_at"]["96x64"]["exact_equal_share"] <= 1

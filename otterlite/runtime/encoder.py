@@ -1,13 +1,17 @@
 """The sensor: the FRAPPE encoder's integer spec run on rows as a sensor reads them out.
-numpy only, integer arithmetic only.
+numpy only; the sums run on BLAS, exact by construction.
 
 For a scale group with patch k (stride k, no padding) and image row r = k*i + u:
-    acc[i, j, c] += sum_{v, ch} row_r[k*j + v, ch] * W[c, ch, u, v]    (int32, exact: the
-                    freeze step proved |acc| < 2^31)
+    acc[i, j, c] += sum_{v, ch} row_r[k*j + v, ch] * W[c, ch, u, v]
     after row u = k - 1: latent[c, i, j] = -127 + #{t : acc[i, j, c] >= T[c, t]}, then acc = 0.
 A row of width W is a contiguous (W/k, 3k) matrix in HWC order, so each row is one small
-integer matmul per group with the (3k, C) weight slice of phase u. Between rows only the
-one accumulator row per group is kept.
+matmul per group with the (3k, C) weight slice of phase u. The products are floating
+point holding integers, exact because every partial sum is an integer of magnitude at
+most 255 * sum |W| over its terms: below 2^31 (the freeze step proved it), so always exact
+in float64 (the streaming encoder), and exact in float32 wherever the bound of one phase's
+3k terms is below 2^24 (the whole frame's products, checked per group when the spec is
+loaded; float64 where it is not). Phase sums are added in float64 or int32, exact as well.
+Between rows the streaming encoder keeps one accumulator row per group and its row buffer.
 
 Sizes that are not multiples of the largest patch are padded by edge replication to the
 right (each row) and at the bottom (the last row repeated by `finish`), as `otterlite
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.integer_spec.types import ThresholdConvSpec, check_encoder_spec, read_spec
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, ThresholdConvSpec, check_encoder_spec, read_spec
 
 
 def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
@@ -31,18 +35,23 @@ def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
 
 
 class PatchGroup:
-    """Constants of one scale group: per-phase weights (k, 3k, C) int32 and thresholds (C, L)."""
+    """Constants of one scale group: per-phase weights as (k, 3k, C) for the whole frame (in
+    `dtype`, float32 when the phase bound allows it) and (k, C, 3k) float64 for rows, and the
+    thresholds (C, L)."""
 
     def __init__(self, stage):
         self.k = stage.stride
         self.channels = stage.weights.shape[0]
         # W[c, ch, u, v] -> phase[u][v*3 + ch, c], matching a row's (k*j + v, ch) layout
-        self.phase = np.ascontiguousarray(stage.weights.transpose(2, 3, 1, 0).reshape(
-            self.k, 3 * self.k, self.channels).astype(np.int32))
+        phase = stage.weights.transpose(2, 3, 1, 0).reshape(self.k, 3 * self.k, self.channels).astype(np.int64)
+        self.phase_bound = 255 * int(np.abs(phase).sum(axis=1).max())
+        self.dtype = np.float32 if self.phase_bound < FLOAT_EXACT_LIMIT else np.float64
+        self.phase = np.ascontiguousarray(phase, self.dtype)
+        self.phase_rows = np.ascontiguousarray(phase.transpose(0, 2, 1), np.float64)
         self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
 
     def count(self, acc: np.ndarray) -> np.ndarray:
-        """(..., C) accumulators -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
+        """(..., C) accumulators (integers, any dtype) -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
         out = np.empty((self.channels,) + acc.shape[:-1], np.int8)
         for c in range(self.channels):
             out[c] = np.searchsorted(self.thresholds[c], acc[..., c], side="right") - 127
@@ -61,28 +70,28 @@ class StreamingEncoder:
         self.width, self.height = width, height
         self.padded_height, self.padded_width = spec.padded_size(height, width)
         self.groups = [PatchGroup(s) for s in spec.stages]
-        self.acc = [np.zeros((self.padded_width // g.k, g.channels), np.int32) for g in self.groups]
+        self.acc = [np.zeros((g.channels, self.padded_width // g.k), np.int32) for g in self.groups]
+        self.row_buffer = np.zeros(self.padded_width * 3, np.float64)  # the padded row; after the last, kept
+        self.product = np.empty(max(a.size for a in self.acc), np.float64)
         self.row = 0
-        self.last = None
         self.traced = None  # accumulators kept by trace()
 
     @property
     def state_bytes(self) -> int:
-        """Working memory kept between rows: the accumulator rows plus the last row (kept for
-        the bottom edge padding), excluding the constant weights and thresholds."""
-        return sum(a.nbytes for a in self.acc) + self.padded_width * 3
+        """Working memory kept between rows: the accumulator rows plus the row buffer (which
+        holds the last row for the bottom edge padding), excluding the constant weights and
+        thresholds."""
+        return sum(a.nbytes for a in self.acc) + self.row_buffer.nbytes
 
     @property
     def peak_bytes(self) -> int:
-        """state_bytes plus the largest per-row temporary (the row widened to int32 and one
-        group's matmul product)."""
-        widened = self.padded_width * 3 * 4
-        return self.state_bytes + widened + max(a.nbytes for a in self.acc)
+        """state_bytes plus the one temporary of a row: a group's matmul product."""
+        return self.state_bytes + self.product.nbytes
 
     def reset(self) -> None:
         for a in self.acc:
             a[:] = 0
-        self.row, self.last = 0, None
+        self.row = 0
 
     def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
@@ -93,10 +102,10 @@ class StreamingEncoder:
             self.reset()
             raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded, "
                                  f"the encoder is reset for a new frame")
-        if self.padded_width != self.width:
-            row = np.concatenate([row, np.repeat(row[-1:], self.padded_width - self.width, axis=0)])
-        self.last = row
-        return self._accumulate(row)
+        pixels = self.row_buffer.reshape(-1, 3)
+        pixels[: self.width] = row
+        pixels[self.width:] = row[-1]
+        return self._accumulate()
 
     def finish(self) -> list[tuple[int, int, np.ndarray]]:
         """Pad the bottom by repeating the last row and emit the remaining latent rows; the
@@ -108,20 +117,22 @@ class StreamingEncoder:
                                  f"discarded, the encoder is reset for a new frame")
         out = []
         while self.row < self.padded_height:
-            out += self._accumulate(self.last)
+            out += self._accumulate()  # the row buffer still holds the last row
         self.reset()
         return out
 
-    def _accumulate(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        wide = row.astype(np.int32)
+    def _accumulate(self) -> list[tuple[int, int, np.ndarray]]:
+        """acc (C, W/k) += phase_rows[u] (C, 3k) @ row (W/k, 3k)^T, per group."""
         done = []
         for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
             u = self.row % g.k
-            acc += wide.reshape(-1, 3 * g.k) @ g.phase[u]
+            product = self.product[: acc.size].reshape(acc.shape)
+            np.matmul(g.phase_rows[u], self.row_buffer.reshape(-1, 3 * g.k).T, out=product)
+            np.add(acc, product, out=acc, casting="unsafe")  # integers below 2^31: exact in both
             if u == g.k - 1:
                 if self.traced is not None:
-                    self.traced[gi][:, self.row // g.k] = acc.T
-                done.append((gi, self.row // g.k, g.count(acc)))
+                    self.traced[gi][:, self.row // g.k] = acc
+                done.append((gi, self.row // g.k, g.count(acc.T)))
                 acc[:] = 0
         self.row += 1
         return done
@@ -136,7 +147,6 @@ class StreamingEncoder:
         for gi, i, z in rows + self.finish():
             latents[gi][:, i] = z
         return latents
-
 
     def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
         """A debug path: per group the (C, h, w) int32 accumulators this encoder counted
@@ -157,7 +167,9 @@ def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
 
 
 def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
-    """encode_frame's accumulators: per group (h, w, C) int32, a[i, j, c] = sum_u row(k*i + u) @ phase[u]."""
+    """encode_frame's accumulators: per group (h, w, C) float64 holding integers,
+    a[i, j, c] = sum_u row(k*i + u) @ phase[u]: one batched matmul over all rows of the frame
+    (in the group's dtype), the phases summed in float64."""
     check_encoder_spec(spec)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise OtterliteError(f"frame must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
@@ -166,13 +178,12 @@ def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndar
     if h % big or w % big:
         raise OtterliteError(f"frame {w}x{h}: sides must be multiples of {big} (pad with edge replication, "
                              f"or use StreamingEncoder, which pads)")
-    wide = rgb.astype(np.int32)
+    frames = {}  # the frame converted once per dtype the groups need
     out = []
     for stage in spec.stages:
         g = PatchGroup(stage)
-        rows = wide.reshape(h // g.k, g.k, w // g.k, 3 * g.k)  # [i, u, j, (v, ch)]
-        acc = np.zeros((h // g.k, w // g.k, g.channels), np.int32)
-        for u in range(g.k):
-            acc += rows[:, u] @ g.phase[u]
-        out.append(acc)
+        if g.dtype not in frames:
+            frames[g.dtype] = rgb.astype(g.dtype)
+        rows = frames[g.dtype].reshape(h // g.k, g.k, w // g.k, 3 * g.k)  # [i, u, j, (v, ch)]
+        out.append(np.matmul(rows, g.phase[None]).sum(axis=1, dtype=np.float64))
     return out
