@@ -281,7 +281,7 @@ def test_a_fault_on_the_cortex_m_is_reported_as_a_fault(built, tmp_path, photo):
     subprocess.run([m4.compiler, *flags, "-Dmain=harness_main", "otl_semihost.c", "-o", "semihost.o"], cwd=folder,
                    check=True)
     subprocess.run([m4.compiler, *m4.cflags, "-Wl,--gc-sections", "-Tcortex-m4.ld", "-o", "fault.elf", "fault.o",
-                    "semihost.o", "otl_startup.c", *cross.LIBRARY, "-lc", "-lgcc"], cwd=folder, check=True)
+                    "semihost.o", "otl_startup.c", *toolchains.LIBRARY, "-lc", "-lgcc"], cwd=folder, check=True)
     with pytest.raises(OtterliteError, match="faulted under QEMU"):
         cross.run_cross(m4, folder / "fault.elf", np.ascontiguousarray(photo[:64, :64]))
 
