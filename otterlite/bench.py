@@ -88,7 +88,7 @@ class FloatEncoderGraph:
 
 
 def qdq_peer(model, height: int, width: int, calibration: list[np.ndarray], folder: Path):
-    """(run(x NCHW uint8) -> per group int8 latents, ONNX path) of the standard int8 model."""
+    """run(x NCHW uint8) -> per group int8 latents of the standard int8 model (files in `folder`)."""
     import warnings
 
     import onnxruntime as ort
