@@ -29,8 +29,8 @@ hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass 
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotter: bool = False,
-                        defaults: bool = True) -> None:
-    """--checkpoint (FRAPPE) and --seaotter-checkpoint; a command without one of them still
+                        defaults: bool = True, walloc: bool = False) -> None:
+    """--checkpoint (FRAPPE), --seaotter-checkpoint and --walloc-checkpoint; a command without one of them still
     accepts the flag, to refuse it with the name of the flag that was meant (refuse_flag).
     defaults=False leaves them None, so the command can tell 'not given' from 'default'."""
     default = "default" if defaults else None
@@ -40,6 +40,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotte
     p.add_argument("--seaotter-checkpoint", default=default if seaotter else None,
                    help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
                    if seaotter else argparse.SUPPRESS)
+    if walloc:
+        p.add_argument("--walloc-checkpoint", default=default,
+                       help="WaLLoC checkpoint: default | DIR (NAME.json + NAME.pth) | hub:OWNER/REPO[/NAME][@REV] "
+                            "(default: embedded; the published one is hub:danjacobellis/walloc)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache directory for hub: checkpoints")
 
 
@@ -159,24 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  otterlite export all --format onnx,tflite -o out/\n"
                               "  otterlite export frappe-encoder -o out/ --input-size 512x512 --calibration photos/\n"
                               "  otterlite export seaotter-inverse -o out/ --seaotter-checkpoint ckpt/\n"
+                              "  otterlite export walloc-encoder -o out/ --walloc-checkpoint hub:danjacobellis/walloc\n"
                               "a model below its fidelity target stops the export (exit 2, nothing written) unless "
                               "--allow-low-fidelity", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="frappe-encoder, seaotter-inverse, seaotter-forward (or 'all')")
+                   help="frappe-encoder, walloc-encoder, seaotter-inverse, seaotter-forward (or 'all')")
     p.add_argument("--format", default="onnx", help="comma-separated: onnx, tflite (default: onnx)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels (default: n_trained)")
     p.add_argument("--input-size", default="512x512", help="HxW of the exported graphs (default 512x512)")
     p.add_argument("--k", type=int, default=None, help="SEA OTTER operating point recorded with the forward transform")
     p.add_argument("--weight-bits", default=None,
-                   help="FRAPPE encoder weight bits: auto (default: per scale group the fewest of 8..12 that meet "
+                   help="encoder weight bits: auto (default: per scale group the fewest of 8..12 that meet "
                         "the fidelity target on the calibration photos) or 2..12 (9..12 split into int8 parts)")
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help="photos for --weight-bits auto and the encoder's fidelity (default: bundled sample photos)")
     add_fidelity_args(p)
     p.add_argument("--allow-low-fidelity", action="store_true",
                    help="export even when a model misses its fidelity target (a warning instead of an error)")
-    add_checkpoint_args(p, seaotter=True, defaults=False)
+    add_checkpoint_args(p, seaotter=True, defaults=False, walloc=True)
 
     p = sub.add_parser("verify", help="run every artifact in DIR on every backend; exit 0 only if all are bit-exact "
                        "and faithful to the float model",
@@ -291,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
         export(models, args.format.split(","), args.output, args.checkpoint, args.seaotter_checkpoint,
                args.n_ch, args.input_size, args.k, args.weight_bits, args.cache_dir, args.calibration,
                fidelity_target(args), args.allow_low_fidelity,
-               given={"--min-equal": args.min_equal, "--min-within": args.min_within})
+               given={"--min-equal": args.min_equal, "--min-within": args.min_within},
+               walloc_checkpoint=args.walloc_checkpoint)
     elif args.command == "verify":
         from otterlite import reports
         from otterlite.export import read_manifest

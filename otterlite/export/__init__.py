@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.integer_spec.types import TableMixSpec, save_spec
+from otterlite.integer_spec.types import ENCODER_KINDS, TableMixSpec, save_spec
 
-MODELS = ("frappe-encoder", "seaotter-inverse", "seaotter-forward")
+MODELS = ("frappe-encoder", "walloc-encoder", "seaotter-inverse", "seaotter-forward")
 FORMATS = ("onnx", "tflite")
 LAYOUTS = {"onnx": "NCHW", "tflite": "NHWC"}
 ROUNDING = {
     "frappe-encoder": "latent = -127 + #{j : acc >= T[c, j]}; T from the float model's round-half-even",
+    "walloc-encoder": "latent = -127 + #{j : acc >= T[c, j]} (acc: wrap-around stride-8 conv); T from the float "
+                      "model's ToUniform and round-half-even",
     "seaotter-forward": "codec = #{j : acc >= T[c, j]}; T from the float model's round-half-even",
     "seaotter-inverse": "rgb = clamp(floor((bias + sum over (c, tap) of tables[c, tap, z]) / 2^shift), 0, 255); "
                         "bias holds 2^(shift-1): round half up; tables round half to even",
@@ -42,7 +44,7 @@ def parse_size(text: str, multiple: int) -> tuple[int, int]:
 
 
 def output_names(spec) -> list[str]:
-    if spec.kind == "frappe-encoder":
+    if spec.kind in ENCODER_KINDS:
         return [f"latents_g{i}" for i in range(len(spec.stages))]
     return ["codec"] if spec.kind == "seaotter-forward" else ["rgb"]
 
@@ -72,11 +74,14 @@ def parse_weight_bits(value) -> int | str:
 
 def check_flags(models: list[str], given: dict) -> None:
     """Refuse a flag that none of the models being exported uses, naming the one that was meant."""
-    encoder, forward, transforms = ("frappe-encoder",), ("seaotter-forward",), ("seaotter-inverse", "seaotter-forward")
-    uses = {"--checkpoint": encoder, "--n-ch": encoder, "--weight-bits": encoder, "--calibration": encoder,
-            "--min-equal": encoder, "--k": forward, "--seaotter-checkpoint": transforms, "--min-within": transforms}
-    meant = {"--checkpoint": "; for a SEA OTTER checkpoint use --seaotter-checkpoint",
-             "--seaotter-checkpoint": "; for a FRAPPE checkpoint use --checkpoint"}
+    frappe, encoders, forward = ("frappe-encoder",), ENCODER_KINDS, ("seaotter-forward",)
+    transforms = ("seaotter-inverse", "seaotter-forward")
+    uses = {"--checkpoint": frappe, "--n-ch": frappe, "--walloc-checkpoint": ("walloc-encoder",),
+            "--weight-bits": encoders, "--calibration": encoders, "--min-equal": encoders, "--k": forward,
+            "--seaotter-checkpoint": transforms, "--min-within": transforms}
+    meant = {"--checkpoint": "; for a SEA OTTER checkpoint use --seaotter-checkpoint, for WaLLoC --walloc-checkpoint",
+             "--seaotter-checkpoint": "; for a FRAPPE checkpoint use --checkpoint",
+             "--walloc-checkpoint": "; for a FRAPPE checkpoint use --checkpoint"}
     for flag, value in given.items():
         users = uses[flag]
         if value is not None and not set(users) & set(models):
@@ -85,19 +90,23 @@ def check_flags(models: list[str], given: dict) -> None:
 
 
 def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | None, n_ch: int | None,
-           weight_bits: int | str, cache_dir: str | None, photos, target, say=print):
+           weight_bits: int | str, cache_dir: str | None, photos, target, say=print,
+           walloc_checkpoint: str | None = None):
     """-> (spec, checkpoint, fidelity judged against target). weight_bits 'auto': per scale
     group the fewest in 8..12 that meet the target on `photos()` (integer_spec.fidelity.auto_weight_bits)."""
-    from otterlite.models.checkpoint import load_frappe, load_seaotter
+    from otterlite.models.checkpoint import load_frappe, load_seaotter, load_walloc
     from otterlite.integer_spec import fidelity as fid
     from otterlite.integer_spec import freeze as f
 
-    if model_name == "frappe-encoder":
-        model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
+    if model_name in ENCODER_KINDS:
+        if model_name == "frappe-encoder":
+            (model, ckpt), freezer = load_frappe(checkpoint, n_ch, cache_dir), f.freeze_frappe_encoder
+        else:
+            (model, ckpt), freezer = load_walloc(walloc_checkpoint, cache_dir, with_decoder=False), f.freeze_walloc_encoder
         if weight_bits == "auto":
-            weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target)
-        spec = f.freeze_frappe_encoder(model, ckpt.sha256, weight_bits)
-        say(f"  measuring frappe-encoder fidelity on {len(photos())} calibration photos")
+            weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target, freezer)
+        spec = freezer(model, ckpt.sha256, weight_bits)
+        say(f"  measuring {model_name} fidelity on {len(photos())} calibration photos")
         return spec, ckpt, target.judge(spec.kind, fid.encoder_fidelity(spec, model, photos()))
     bundle, ckpt = load_seaotter(seaotter_checkpoint, cache_dir)
     if model_name == "seaotter-forward":
@@ -123,7 +132,7 @@ def photo_loader(calibration: str | None):
 
 
 def low_fidelity_fix(name: str, weight_bits) -> str:
-    if name != "frappe-encoder":
+    if name not in ENCODER_KINDS:
         return "this checkpoint's transform cannot be frozen faithfully here"
     if weight_bits == "auto":
         return "even 12-bit weights miss it (lower --min-equal if that is acceptable)"
@@ -201,7 +210,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
            seaotter_checkpoint: str | None = None, n_ch: int | None = None, input_size: str | None = None,
            k: int | None = None, weight_bits: int | str | None = None, cache_dir: str | None = None,
            calibration: str | None = None, target=None, allow_low_fidelity: bool = False,
-           given: dict | None = None, say=print) -> Path:
+           given: dict | None = None, say=print, walloc_checkpoint: str | None = None) -> Path:
     """Freeze, measure fidelity, emit and record; every file is built in memory first, so an
     error (a fidelity target missed included, unless allow_low_fidelity) writes nothing.
     `given`: further flags the caller was given ({flag: value}, None = not given), to refuse
@@ -216,7 +225,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
         if f not in FORMATS:
             raise OtterliteError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
     check_flags(models, {"--checkpoint": checkpoint, "--seaotter-checkpoint": seaotter_checkpoint,
-                         "--n-ch": n_ch, "--weight-bits": weight_bits, "--calibration": calibration, "--k": k,
+                         "--walloc-checkpoint": walloc_checkpoint, "--n-ch": n_ch, "--weight-bits": weight_bits, "--calibration": calibration, "--k": k,
                          **(given or {})})
     weight_bits = parse_weight_bits(weight_bits)
     target = target or Target()
@@ -226,7 +235,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
     entries = []
     for name in models:
         spec, ckpt, fidelity = freeze(name, checkpoint, seaotter_checkpoint, n_ch, weight_bits, cache_dir, photos,
-                                      target, say)
+                                      target, say, walloc_checkpoint)
         if not fidelity["pass"]:
             problem = f"{name}: {'; '.join(fidelity['failures'])}"
             if not allow_low_fidelity:
@@ -234,11 +243,13 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
                                      f"{low_fidelity_fix(name, weight_bits)}, or pass --allow-low-fidelity "
                                      f"to export it anyway")
             say(f"warning: {problem} (exported anyway: --allow-low-fidelity)")
-        multiple = spec.largest_stride if name == "frappe-encoder" else 1
+        multiple = spec.largest_stride if name in ENCODER_KINDS else 1
         height, width = parse_size(input_size or "512x512", multiple)
         files[f"{name}.spec"] = save_spec(spec)
         extra = {
             "frappe-encoder": {"n_ch": spec.info.get("n_ch"), "scale_groups": spec.info.get("groups"),
+                               "weight_bits": spec.info.get("weight_bits")},
+            "walloc-encoder": {"n_ch": spec.info.get("n_ch"), "J": spec.info.get("J"),
                                "weight_bits": spec.info.get("weight_bits")},
             "seaotter-forward": {"k": k or 0, "weight_bits": spec.info.get("weight_bits")},
         }.get(name, {})
@@ -248,7 +259,7 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
             data = build(spec, fmt, height, width)
             files[f"{name}.{fmt}"] = data
             entries.append(artifact_entry(spec, fmt, f"{name}.{fmt}", data, height, width, ckpt, extra))
-        bits = f", weight bits {spec.info['weight_bits']}" if name == "frappe-encoder" else ""
+        bits = f", weight bits {spec.info['weight_bits']}" if name in ENCODER_KINDS else ""
         say(f"exported {name}: {', '.join(f'{name}.{f}' for f in formats)} ({height}x{width}, "
             f"accumulator bound {spec.accumulator_bound}{bits}; fidelity {fidelity_summary(fidelity)})")
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +321,6 @@ def entry_problem(entry) -> str | None:
     checkpoint = entry.get("checkpoint")
     if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), str) for k in ("source", "sha256")):
         return "checkpoint source and sha256 missing"
-    if entry["model"] == "frappe-encoder" and not (isinstance(entry.get("n_ch"), int) and entry["n_ch"] > 0):
+    if entry["model"] in ENCODER_KINDS and not (isinstance(entry.get("n_ch"), int) and entry["n_ch"] > 0):
         return "n_ch missing"
     return None

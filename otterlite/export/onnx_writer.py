@@ -4,6 +4,7 @@ Only exact forms are used (see shared EXACTNESS facts):
 - accumulators: ConvInteger on uint8 x uint8 weights (int8 + 128, w_zero_point 128);
   weights wider than 8 bits are split W = 16 * W_hi + W_lo (W_hi int8, W_lo in 0..15) and
   combined in int32; specs bounded below 2^24 may use a float32 Conv on integer values.
+  A wrap-around border (WaLLoC) is Slice + Concat of the image before a pad-0 conv.
 - thresholds: two-level count. T is padded to 256 columns with INT32_MAX; k = #{m : a >=
   T[16m + 15]} (0..15), then out = base + 16k + #{i < 16 : a >= T[16k + i]}, the 16 fine
   thresholds fetched with GatherElements. Pure int32 compares: exact everywhere.
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds, wrap_runs
 
 OPSET = 17
 
@@ -86,6 +87,17 @@ def count_thresholds(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: t
     return g.op("Reshape", [total, g.const(f"{tag}_shape_out", np.array([1, c, h, w], np.int64))], f"{tag}_count")
 
 
+def wrap_pad(g: GraphBuilder, x: str, pad: int, height: int, width: int) -> str:
+    """NCHW x wrap-padded by `pad` on every side: Slice + Concat of wrap_runs, rows then columns."""
+    for axis, n in ((2, height), (3, width)):
+        parts = [g.op("Slice", [x, g.const(f"wrap{axis}_{i}_start", np.array([a], np.int64)),
+                                g.const(f"wrap{axis}_{i}_stop", np.array([b], np.int64)),
+                                g.const(f"wrap{axis}_{i}_axis", np.array([axis], np.int64))])
+                 for i, (a, b) in enumerate(wrap_runs(n, pad))]
+        x = g.op("Concat", parts, axis=axis) if len(parts) > 1 else parts[0]
+    return x
+
+
 def output_shape(stage, height: int, width: int) -> tuple[int, int, int]:
     k = stage.weights.shape[-1]
     return (stage.weights.shape[0], (height + 2 * stage.pad - k) // stage.stride + 1,
@@ -99,7 +111,11 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
     for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
         tag = f"s{i}"
         shape = output_shape(stage, height, width)
-        acc = accumulate(g, "image", stage.weights, stage.stride, stage.pad, tag)
+        if stage.border == "wrap":
+            x = wrap_pad(g, "image", stage.pad, height, width)
+            acc = accumulate(g, x, stage.weights, stage.stride, 0, tag)
+        else:
+            acc = accumulate(g, "image", stage.weights, stage.stride, stage.pad, tag)
         count = count_thresholds(g, acc, stage.thresholds, shape, tag)
         level = g.op("Add", [count, g.const(f"{tag}_base", np.array(spec.base, np.int32))])
         g.op("Cast", [level], name, to=out_type)

@@ -5,6 +5,7 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
 - accumulators: uint8 -> DEQUANTIZE (scale 1) -> float32 CONV_2D per base-16 digit plane of
   the weights, W = sum_i 16^i D_i, with each plane's partial sums below 2^24 (so exact in
   any summation order, XNNPACK included) -> CAST int32 (exact integers) -> MUL 16^i, ADD.
+  A wrap-around border (WaLLoC) is SLICE + CONCATENATION of the float32 image first.
 - thresholds: an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
   columns with INT32_MAX and stored as two float32 tables hi = T >> 16, lo = T & 0xFFFF
   (both exact in float32); each step GATHERs hi and lo at c*256 + pos + step - 1, rebuilds
@@ -27,7 +28,8 @@ import numpy as np
 import tflite
 from tflite.BuiltinOperator import BuiltinOperator as Op
 
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec,
+                                          padded_thresholds, wrap_runs)
 
 TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
          np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
@@ -36,6 +38,7 @@ OPTIONS = {  # builtin op -> its options table (fields passed to TfliteGraph.op)
     Op.CONV_2D: "Conv2D", Op.ADD: "Add", Op.MUL: "Mul", Op.DIV: "Div", Op.GATHER: "Gather",
     Op.CAST: "Cast", Op.GREATER_EQUAL: "GreaterEqual", Op.PAD: "Pad", Op.MAXIMUM: "MaximumMinimum",
     Op.MINIMUM: "MaximumMinimum", Op.DEQUANTIZE: "Dequantize", Op.QUANTIZE: "Quantize",
+    Op.SLICE: "Slice", Op.CONCATENATION: "Concatenation",
 }
 
 
@@ -211,6 +214,23 @@ def conv_float(g: TfliteGraph, x: int, weights: np.ndarray, bias: np.ndarray, st
                 DilationWFactor=1, DilationHFactor=1)
 
 
+def wrap_pad(g: TfliteGraph, x: int, pad: int, tag: str) -> int:
+    """NHWC x wrap-padded by `pad` on every side: SLICE + CONCATENATION of wrap_runs, rows then columns."""
+    for axis in (1, 2):
+        shape = g.shape(x)
+        parts = []
+        for i, (a, b) in enumerate(wrap_runs(shape[axis], pad)):
+            begin, size = [0, 0, 0, 0], list(shape)
+            begin[axis], size[axis] = a, b - a
+            parts.append(g.op(Op.SLICE, [x, g.const(f"{tag}_wrap{axis}_{i}_begin", np.array(begin, np.int32)),
+                                         g.const(f"{tag}_wrap{axis}_{i}_size", np.array(size, np.int32))],
+                              np.float32, size, f"{tag}_wrap{axis}_{i}"))
+        shape[axis] += 2 * pad
+        x = g.op(Op.CONCATENATION, parts, np.float32, shape, f"{tag}_wrapped{axis}", Axis=axis,
+                 FusedActivationFunction=0) if len(parts) > 1 else parts[0]
+    return x
+
+
 def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str) -> int:
     """Exact int32 accumulator sum W * x of float32 x holding uint8 values."""
     acc = None
@@ -278,7 +298,10 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
     outputs = []
     for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
         tag = f"s{i}"
-        acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag)
+        if stage.border == "wrap":
+            acc = accumulate(g, wrap_pad(g, x, stage.pad, tag), stage.weights, stage.stride, 0, tag)
+        else:
+            acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag)
         count = count_thresholds(g, acc, stage.thresholds, tag)
         outputs.append(narrow(g, count, spec.base, out_dtype, name))
     return g.serialize([image], outputs, spec.kind)

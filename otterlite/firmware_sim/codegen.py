@@ -154,6 +154,10 @@ def generate(spec: ThresholdConvSpec, out: str | Path) -> Path:
     """Write the C sources, Makefile and the spec they encode to `out` (replaced as a whole,
     never half written)."""
     check_encoder_spec(spec)
+    if spec.kind != "frappe-encoder":
+        raise OtterliteError(f"firmware: the C encoder is generated for FRAPPE specs only, not {spec.kind} "
+                             f"(its wrap-around border is not in the C generator yet); pass a folder holding "
+                             f"frappe-encoder.spec")
     check_weight_bits(spec)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "otl_model.h").exists())):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from otterlite.errors import OtterliteError
 from otterlite.images import pad_to_multiple
 from otterlite.integer_spec.torch_reference import run_spec
-from otterlite.integer_spec.types import TableMixSpec
+from otterlite.integer_spec.types import ENCODER_KINDS, TableMixSpec
 
 RANDOM_IMAGES = 4  # uniform random 256x256 images (PCG64 seed 11) beside the photos for kxk transforms
 
@@ -43,7 +43,7 @@ class Target:
     def failures(self, kind: str, fid: dict) -> list[str]:
         """What misses the target, each naming the figure and the target (empty: it passes)."""
         out = []
-        if kind == "frappe-encoder":
+        if kind in ENCODER_KINDS:
             if fid["equal_share"] < self.min_equal:
                 out.append(f"{100 * fid['equal_share']:.2f}% of latents equal to the float model "
                            f"(target {100 * self.min_equal:g}%)")
@@ -60,7 +60,7 @@ class Target:
     def judge(self, kind: str, fid: dict) -> dict:
         """fid with the target, pass and failures added."""
         fails = self.failures(kind, fid)
-        keys = ("min_equal", "max_lsb") if kind == "frappe-encoder" else ("max_lsb", "min_within")
+        keys = ("min_equal", "max_lsb") if kind in ENCODER_KINDS else ("max_lsb", "min_within")
         return {**fid, "target": {k: asdict(self)[k] for k in keys}, "pass": not fails, "failures": fails}
 
 
@@ -98,20 +98,20 @@ def padded(rgb: np.ndarray, multiple: int) -> torch.Tensor:
     return nchw(pad_to_multiple(rgb, multiple))
 
 
-def float_latents(model, photos: list[np.ndarray]) -> list[list[torch.Tensor]]:
-    """Per photo (padded to the largest patch) the FRAPPE encoder's latents computed in float64."""
-    encoder = copy.deepcopy(model.encoder).double()
-    big = max(g.ps for g in model.encoder.groups)
+def float_latents(model, photos: list[np.ndarray], multiple: int) -> list[list[torch.Tensor]]:
+    """Per photo (edge-padded to `multiple`, the spec's largest stride) the float encoder's
+    latents (FRAPPE or WaLLoC, model.sensor_encoder()) computed in float64."""
+    encoder = copy.deepcopy(model.sensor_encoder()).double()
     with torch.no_grad():
-        return [encoder(padded(rgb, big)) for rgb in photos]
+        return [encoder(padded(rgb, multiple)) for rgb in photos]
 
 
 def encoder_fidelity(spec, model, photos: list[np.ndarray], floats=None) -> dict:
     """Latents of the spec against the float model on photos; per group as well. `floats`:
-    float_latents(model, photos) when the caller already has them."""
+    float_latents(...) when the caller already has them."""
     if not photos:
         raise OtterliteError("no photos to measure the encoder's fidelity on")
-    floats = floats or float_latents(model, photos)
+    floats = floats or float_latents(model, photos, spec.largest_stride)
     total, groups = Tally(), [Tally() for _ in spec.stages]
     for rgb, latents in zip(photos, floats):
         x = padded(rgb, spec.largest_stride)
@@ -164,15 +164,19 @@ def transform_fidelity(spec, transform, photos: list[np.ndarray]) -> dict:
 AUTO_BITS = range(8, 13)
 
 
-def auto_weight_bits(model, source_sha256: str, photos: list[np.ndarray], target: Target) -> list[int]:
+def auto_weight_bits(model, source_sha256: str, photos: list[np.ndarray], target: Target,
+                     freeze_encoder=None) -> list[int]:
     """Per scale group the fewest weight bits in 8..12 whose latents on `photos` meet the
-    target (equal share and max LSB of that group); 12 where none does (export then says so)."""
+    target (equal share and max LSB of that group); 12 where none does (export then says so).
+    freeze_encoder(model, sha, bits): freeze_frappe_encoder unless given (WaLLoC's)."""
     from otterlite.integer_spec.freeze import freeze_frappe_encoder
 
-    chosen = [None] * len(model.encoder.groups)
-    floats = float_latents(model, photos)
+    freeze_encoder = freeze_encoder or freeze_frappe_encoder
+    floats, chosen = None, None
     for bits in AUTO_BITS:
-        spec = freeze_frappe_encoder(model, source_sha256, bits)
+        spec = freeze_encoder(model, source_sha256, bits)
+        floats = floats or float_latents(model, photos, spec.largest_stride)
+        chosen = chosen or [None] * len(spec.stages)
         for i, group in enumerate(encoder_fidelity(spec, model, photos, floats)["groups"]):
             if chosen[i] is None and group["equal_share"] >= target.min_equal and group["max_lsb"] <= target.max_lsb:
                 chosen[i] = bits

@@ -58,7 +58,7 @@ def threshold_table(level, a_lo: np.ndarray, a_hi: np.ndarray, base: int, n_leve
 
 
 def freeze_threshold_stage(w_float, scale_of_a, offset, fn, bits, base, n_levels, top,
-                           stride, pad, channels) -> ConvStage:
+                           stride, pad, channels, border: str = "zero") -> ConvStage:
     """u(a) = scale_of_a[c] * s_c * a + offset(W_int, s)[c];
     level(a) = clamp(round_half_even(fn(u)), base, top)."""
     w_int, s = quantize_per_channel(w_float, bits)
@@ -82,7 +82,7 @@ def freeze_threshold_stage(w_float, scale_of_a, offset, fn, bits, base, n_levels
         raise OtterliteError("the per-channel activation is not monotone in the accumulator; "
                              "it cannot be frozen into thresholds")
     thresholds = threshold_table(level, lo, hi, base, n_levels)
-    return ConvStage(w_int, thresholds, stride, pad, channels)
+    return ConvStage(w_int, thresholds, stride, pad, channels, border)
 
 
 def check_bound(spec, limit: int, what: str, fix: str = "try fewer --weight-bits"):
@@ -120,6 +120,31 @@ def freeze_frappe_encoder(model, source_sha256: str, weight_bits: int | list[int
                              {"weight_bits": bits, "n_ch": model.n_ch,
                               "groups": [[g.ps, g.start, g.end] for g in enc.groups]})
     return check_bound(spec, INT32_LIMIT, "frappe-encoder")
+
+
+WALLOC_WEIGHT_BITS = 12
+
+
+def freeze_walloc_encoder(model, source_sha256: str, weight_bits: int = WALLOC_WEIGHT_BITS) -> ThresholdConvSpec:
+    """The wavelet packet + 1x1 conv as one composed stride-2^J wrap-around kernel
+    (WallocModel.composed_kernel, float64), quantized per channel; x_in = x/255 - 0.5, so
+    u = s_c * (a - 127.5 * sum W_int) / 255 + b_c; ToUniform and round-half-even in the thresholds."""
+    if isinstance(weight_bits, (list, tuple)):
+        if len(weight_bits) != 1:
+            raise OtterliteError(f"{len(weight_bits)} weight bit widths for WaLLoC's one stage")
+        weight_bits = weight_bits[0]
+    kernel, bias, pad = model.sensor_encoder().composed_kernel()
+    fn = elementwise(model.encoder[1])
+
+    def offset(w_int, s):
+        return bias - 0.5 * s * w_int.reshape(len(s), -1).sum(1)
+    c = model.config
+    stage = freeze_threshold_stage(kernel, np.full(len(bias), 1 / 255), offset, fn, weight_bits, -127, 254, 127,
+                                   c.stride, pad, (0, c.latent_dim), "wrap")
+    spec = ThresholdConvSpec("walloc-encoder", [stage], -127, "int8", source_sha256,
+                             {"weight_bits": [weight_bits], "n_ch": c.latent_dim, "J": c.J,
+                              "kernel": int(kernel.shape[-1])})
+    return check_bound(spec, INT32_LIMIT, "walloc-encoder")
 
 
 def freeze_seaotter_forward(bundle, source_sha256: str) -> ThresholdConvSpec:

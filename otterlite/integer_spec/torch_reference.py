@@ -8,11 +8,18 @@ import torch.nn.functional as F
 from otterlite.integer_spec.types import TableMixSpec, ThresholdConvSpec
 
 
-def conv_int(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
-    """Exact int64 convolution of (N, Cin, H, W) by (C, Cin, k, k), zero padding."""
+def wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H + 2 pad, W + 2 pad), rows and columns taken modulo H and W."""
+    rows = torch.arange(-pad, x.shape[2] + pad) % x.shape[2]
+    cols = torch.arange(-pad, x.shape[3] + pad) % x.shape[3]
+    return x[:, :, rows][:, :, :, cols]
+
+
+def conv_int(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int, border: str = "zero") -> torch.Tensor:
+    """Exact int64 convolution of (N, Cin, H, W) by (C, Cin, k, k), zero or wrap-around border."""
     k = w.shape[-1]
     if pad:
-        x = F.pad(x, (pad, pad, pad, pad))
+        x = wrap_pad(x, pad) if border == "wrap" else F.pad(x, (pad, pad, pad, pad))
     n, cin, h, wd = x.shape
     oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
     if stride == k:
@@ -40,7 +47,7 @@ def run_threshold_conv(spec: ThresholdConvSpec, x_uint8: torch.Tensor, intermedi
     x = x_uint8.to(torch.int64)
     outs, trace = [], {}
     for i, stage in enumerate(spec.stages):
-        a = conv_int(x, torch.from_numpy(stage.weights), stage.stride, stage.pad)
+        a = conv_int(x, torch.from_numpy(stage.weights), stage.stride, stage.pad, stage.border)
         out = (spec.base + count_thresholds(a, torch.from_numpy(stage.thresholds))).to(getattr(torch, spec.out_dtype))
         trace[f"stage{i}.accumulator"] = a
         outs.append(out)

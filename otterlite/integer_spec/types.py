@@ -1,8 +1,9 @@
 """Integer spec types and their binary blob (numpy only).
 
-ThresholdConvSpec (frappe-encoder, seaotter-forward), per stage (scale group):
+ThresholdConvSpec (frappe-encoder, walloc-encoder, seaotter-forward), per stage (scale group):
     a[c, h, w] = sum_{i,u,v} W[c, i, u, v] * x[i, h*stride + u - pad, w*stride + v - pad]
-                 (x uint8, zero outside the image; exact integer, |a| <= accumulator_bound)
+                 (x uint8; border "zero": 0 outside the image, "wrap": rows and columns taken
+                 modulo the frame's sides; exact integer, |a| <= accumulator_bound)
     out[c, h, w] = base + #{ j : a[c, h, w] >= T[c, j] }      (T ascending per channel)
   i.e. a monotone per-channel step function of an exact accumulator: no rounding at run
   time; all rounding (the float model's round-half-even) is inside the thresholds.
@@ -50,6 +51,19 @@ def padded_thresholds(thresholds: np.ndarray, columns: int = 256) -> np.ndarray:
     return padded
 
 
+def wrap_runs(n: int, pad: int) -> list[tuple[int, int]]:
+    """The rows (or columns) of a side of n samples wrap-padded by `pad`, i.e. indices
+    (-pad .. n + pad - 1) mod n, as contiguous [start, stop) runs: what the emitters slice
+    and concatenate (pad <= n: [n - pad, n), [0, n), [0, pad))."""
+    runs, index = [], -pad
+    while index < n + pad:
+        start = index % n
+        stop = min(n, start + (n + pad - index))
+        runs.append((start, stop))
+        index += stop - start
+    return runs
+
+
 def accumulator_range(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per output channel (min, max) of sum W * x over all uint8 inputs x."""
     w = weights.reshape(weights.shape[0], -1).astype(np.int64)
@@ -63,6 +77,7 @@ class ConvStage:
     stride: int
     pad: int
     channels: tuple[int, int] = (0, 0)  # latent channel range [start, end) for FRAPPE groups
+    border: str = "zero"  # "zero": x = 0 outside the image; "wrap": x[(i mod H), (j mod W)] (WaLLoC)
 
     @property
     def weight_bits(self) -> int:
@@ -75,7 +90,7 @@ class ConvStage:
 
 @dataclass
 class ThresholdConvSpec:
-    kind: str  # "frappe-encoder" | "seaotter-forward"
+    kind: str  # "frappe-encoder" | "walloc-encoder" | "seaotter-forward"
     stages: list[ConvStage]
     base: int  # -127 (int8 latents) or 0 (uint8 codec values)
     out_dtype: str  # "int8" | "uint8"
@@ -138,7 +153,8 @@ def _fields(spec) -> dict:
                 "source_sha256": spec.source_sha256, "info": spec.info}
     return {"class": "ThresholdConvSpec", "kind": spec.kind, "base": spec.base, "out_dtype": spec.out_dtype,
             "source_sha256": spec.source_sha256, "info": spec.info,
-            "stages": [{"stride": s.stride, "pad": s.pad, "channels": list(s.channels)} for s in spec.stages]}
+            "stages": [{"stride": s.stride, "pad": s.pad, "channels": list(s.channels), "border": s.border}
+                       for s in spec.stages]}
 
 
 def save_spec(spec) -> bytes:
@@ -169,7 +185,9 @@ def read_spec(source, file_name: str) -> tuple:
     return load_spec(path.read_bytes(), str(path)), str(path)
 
 
-KINDS = {"ThresholdConvSpec": ("frappe-encoder", "seaotter-forward"), "TableMixSpec": ("seaotter-inverse",)}
+ENCODER_KINDS = ("frappe-encoder", "walloc-encoder")
+BORDERS = ("zero", "wrap")
+KINDS = {"ThresholdConvSpec": (*ENCODER_KINDS, "seaotter-forward"), "TableMixSpec": ("seaotter-inverse",)}
 OUT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 MAX_NDIM = 6
 
@@ -264,6 +282,8 @@ def threshold_conv_spec(meta: dict, arrays: dict, bad) -> ThresholdConvSpec:
                 or not isinstance(s.get("channels"), list) or len(s["channels"]) != 2 \
                 or not all(is_int(v, 0, 4096) for v in s["channels"]):
             raise bad(f"stage {i}: stride, pad or channels of {str(s)[:60]}")
+        if s.get("border", "zero") not in BORDERS:
+            raise bad(f"stage {i}: border {s.get('border')!r:.20} (expected one of {', '.join(BORDERS)})")
         if weights.shape[2] != weights.shape[3] or weights.shape[0] != thresholds.shape[0] or weights.shape[0] < 1 \
                 or weights.shape[1] != 3:  # every threshold spec reads RGB
             raise bad(f"stage {i}: weights {weights.shape} and thresholds {thresholds.shape} do not match")
@@ -271,7 +291,7 @@ def threshold_conv_spec(meta: dict, arrays: dict, bad) -> ThresholdConvSpec:
             raise bad(f"stage {i}: thresholds not ascending")
         if not (low <= meta["base"] and meta["base"] + thresholds.shape[1] <= high):
             raise bad(f"stage {i}: {thresholds.shape[1]} thresholds from base {meta['base']} leave {meta['out_dtype']}")
-        out.append(ConvStage(weights, thresholds, s["stride"], s["pad"], tuple(s["channels"])))
+        out.append(ConvStage(weights, thresholds, s["stride"], s["pad"], tuple(s["channels"]), s.get("border", "zero")))
     check_info(meta["kind"], meta["info"], out, bad)
     spec = ThresholdConvSpec(meta["kind"], out, meta["base"], meta["out_dtype"], meta["source_sha256"], meta["info"])
     if spec.accumulator_bound >= INT32_LIMIT or any(np.abs(s.thresholds).max(initial=0) > INT32_MAX for s in out):
@@ -287,6 +307,9 @@ def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
         if not isinstance(groups, list) or [list(g) if isinstance(g, list) else g for g in groups] != \
                 [[s.stride, *s.channels] for s in stages] or not is_int(info.get("n_ch"), 1, 4096):
             raise bad(f"info groups {str(groups)[:60]} do not match the stages, or n_ch {info.get('n_ch')!r:.20}")
+    if kind == "walloc-encoder" and (len(stages) != 1 or stages[0].border != "wrap"
+                                     or not is_int(info.get("J"), 1, 8) or stages[0].stride != 2 ** info["J"]):
+        raise bad(f"a walloc-encoder spec has one wrap-around stage of stride 2^J (J {info.get('J')!r:.20})")
     qtables = info.get("qtables")
     if kind == "seaotter-forward" and qtables is not None:
         if not isinstance(qtables, list) or not all(
@@ -297,9 +320,11 @@ def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
 
 
 def check_encoder_spec(spec, name: str = "spec") -> None:
-    if not isinstance(spec, ThresholdConvSpec) or spec.kind != "frappe-encoder":
-        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a FRAPPE "
-                             f"encoder; pass the frappe-encoder.spec written by 'otterlite export'")
+    """A FRAPPE encoder (patch convs) or a WaLLoC one (one wrap-around stage, load_spec checked)."""
+    if not isinstance(spec, ThresholdConvSpec) or spec.kind not in ENCODER_KINDS:
+        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a sensor "
+                             f"encoder; pass the frappe-encoder.spec or walloc-encoder.spec written by "
+                             f"'otterlite export'")
     for s in spec.stages:
-        if s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3:
+        if spec.kind == "frappe-encoder" and (s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3):
             raise OtterliteError(f"{name}: stage with stride {s.stride}, pad {s.pad}: not a patch conv")

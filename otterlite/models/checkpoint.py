@@ -1,11 +1,13 @@
 """Checkpoint sources and loaders for the published FRAPPE and SEA OTTER formats.
 
-A source is one of:
+A source is one of (WaLLoC: NAME.json + NAME.pth, a torch.save'd dict whose
+`model_state_dict` is the state dict, read with torch.load(weights_only=True) only;
+"hub:OWNER/REPO[/NAME][@REVISION]", NAME defaulting to RGB_16x):
   "default"                    the weights embedded in this package
   a directory                  holding config.json + the safetensors file
   "hub:REPO/SUBDIR[@REVISION]" downloaded through huggingface_hub ("hub:" alone = published default)
 
-Only safetensors is read (never pickle). The checkpoint hash is
+FRAPPE and SEA OTTER: only safetensors is read (never pickle). The checkpoint hash is
 sha256(config.json bytes + b"\\0" + weights bytes); containers and manifests record it.
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Format:
 
 FRAPPE = Format("FRAPPE", "FRAPPE_pytorch_model.safetensors", "danjacobellis/FRAPPE/FRAPPE")
 SEAOTTER = Format("SEA OTTER", "seaotter_jpeg_pytorch_model.safetensors", "danjacobellis/seaotter/seaotter_jpeg_s3")
-DEFAULT_DIRS = {FRAPPE.name: "frappe", SEAOTTER.name: "seaotter"}
+WALLOC = Format("WaLLoC", "RGB_16x.pth", "danjacobellis/walloc/RGB_16x")
+DEFAULT_DIRS = {FRAPPE.name: "frappe", SEAOTTER.name: "seaotter", WALLOC.name: "walloc"}
 
 
 @dataclass
@@ -78,16 +81,22 @@ def download_from_hub(source: str, fmt: Format, cache_dir: str | None) -> Path:
     fix = (f"download {subdir}/config.json and {subdir}/{fmt.weights_file} from {repo} on a "
            f"connected machine and pass --checkpoint DIR, or pass --cache-dir pointing at a "
            f"Hugging Face cache that already holds them")
+    return fetch_hub_files(source, repo, [f"{subdir}/config.json", f"{subdir}/{fmt.weights_file}"],
+                           revision, cache_dir, fix)
+
+
+def fetch_hub_files(source: str, repo: str, names: list[str], revision: str | None,
+                    cache_dir: str | None, fix: str) -> Path:
+    """-> the local folder holding `names` of hub repo `repo` (cache first, then network)."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise OtterliteError(f"checkpoint {source!r} needs huggingface_hub (pip install "
                              f"'otterlite[hub]'), or {fix}") from None
-    names = [f"{subdir}/config.json", f"{subdir}/{fmt.weights_file}"]
     try:
         paths = [hf_hub_download(repo, n, revision=revision, cache_dir=cache_dir, local_files_only=True)
                  for n in names]
-        return Path(paths[0]).parent
+        return Path(paths[-1]).parent
     except Exception:
         pass
     offline = hub_reachable()
@@ -229,3 +238,106 @@ def seaotter_tensors(bundle) -> dict[str, np.ndarray]:
     for i, q in enumerate(bundle.qtables):
         out[f"qtable.{i}"] = np.asarray(q, dtype=np.int64).reshape(3, 8, 8)
     return out
+
+
+def walloc_files(folder: Path, source: str) -> tuple[Path, Path]:
+    """The (NAME.json, NAME.pth) pair in `folder`: RGB_16x if present, else the only pair."""
+    pairs = sorted(p for p in folder.glob("*.pth") if p.with_suffix(".json").is_file())
+    named = [p for p in pairs if p.name == WALLOC.weights_file]
+    if named or len(pairs) == 1:
+        pth = (named or pairs)[0]
+        return pth.with_suffix(".json"), pth
+    found = ", ".join(p.name for p in pairs) or "none"
+    raise OtterliteError(f"WaLLoC checkpoint {source}: expected one NAME.json + NAME.pth pair (e.g. "
+                         f"RGB_16x.json + RGB_16x.pth) in {folder}, found pairs: {found}")
+
+
+def read_walloc_state(path: Path) -> dict:
+    """torch.load(weights_only=True) of the published dict -> its model_state_dict."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise OtterliteError(f"{path}: refused, it needs a full unpickler ({first[:140]}); otterlite "
+                                 f"reads only plain tensor files (torch.load weights_only=True): re-save "
+                                 f"it as torch.save({{'model_state_dict': model.state_dict()}})") from None
+        raise OtterliteError(f"{path}: not a readable torch file ({first[:140]}); the file is truncated "
+                             f"or corrupted: download it again") from None
+    state = obj.get("model_state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OtterliteError(f"{path}: expected a dict with 'model_state_dict' (a state dict of tensors), "
+                             f"as WaLLoC's published RGB_16x.pth")
+    return state
+
+
+def walloc_source(source: str, cache_dir: str | None) -> Path:
+    """'default' | DIR | 'hub:OWNER/REPO[/NAME][@REV]' -> the local folder."""
+    if source == "default":
+        return default_dir(WALLOC)
+    if source.startswith("hub:"):
+        spec, _, revision = (source[len("hub:"):] or WALLOC.hub_default).partition("@")
+        parts = [p for p in spec.split("/") if p]
+        if len(parts) not in (2, 3):
+            raise OtterliteError(f"checkpoint {source!r}: expected hub:OWNER/REPO[/NAME][@REVISION], "
+                                 f"e.g. hub:{WALLOC.hub_default}")
+        repo, name = "/".join(parts[:2]), parts[2] if len(parts) == 3 else "RGB_16x"
+        fix = (f"download {name}.json and {name}.pth from {repo} on a connected machine and pass "
+               f"--checkpoint DIR, or pass --cache-dir pointing at a Hugging Face cache that holds them")
+        return fetch_hub_files(source, repo, [f"{name}.json", f"{name}.pth"], revision or None, cache_dir, fix)
+    folder = Path(source)
+    if not folder.is_dir():
+        raise OtterliteError(f"--checkpoint {source}: no such directory; pass a directory with "
+                             f"RGB_16x.json and RGB_16x.pth, 'default', or hub:danjacobellis/walloc")
+    return folder
+
+
+def load_walloc(source: str | None = None, cache_dir: str | None = None, with_decoder: bool = True):
+    """-> (WallocModel in eval mode, Checkpoint with the config and numpy tensors).
+    Without the decoder, `decoder.*` keys are not needed (the encoder's export)."""
+    import torch
+
+    from otterlite.models.walloc import WallocConfig, WallocModel
+
+    source = source or "default"
+    json_path, pth_path = walloc_files(walloc_source(source, cache_dir), source)
+    config_bytes, weights_bytes = json_path.read_bytes(), pth_path.read_bytes()
+    try:
+        raw = json.loads(config_bytes)
+        if not isinstance(raw, dict):
+            raise ValueError("top level is not an object")
+    except ValueError as err:
+        raise OtterliteError(f"{json_path}: not valid JSON ({err}); fix or replace the file") from None
+    config = WallocConfig.from_dict(raw, str(json_path))
+    state = read_walloc_state(pth_path)
+    model = WallocModel(config, with_decoder=with_decoder)
+    wanted = {k for k in model.state_dict()}
+    if not with_decoder:
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+    try:
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    except RuntimeError as err:
+        missing = sorted(wanted - set(state))[:3]
+        unexpected = sorted(set(state) - wanted)[:3]
+        shapes = [s.strip() for s in str(err).splitlines() if "size mismatch" in s][:2]
+        detail = "; ".join(filter(None, [f"missing {missing}" if missing else "",
+                                         f"unexpected {unexpected}" if unexpected else ""] + shapes))
+        raise OtterliteError(f"{pth_path}: the weights do not match the config {json_path.name} "
+                             f"({detail[:300]})") from None
+    digest = hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()
+    tensors = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    return model.eval(), Checkpoint(raw, tensors, digest, str(pth_path.parent))
+
+
+def write_walloc_checkpoint(folder: str | Path, model, name: str = "RGB_16x") -> Path:
+    """Write NAME.json + NAME.pth in the published layout (the dict with model_state_dict)."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"model_state_dict": state}, folder / f"{name}.pth")
+    return folder

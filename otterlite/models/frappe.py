@@ -291,6 +291,9 @@ class FrappeModel(nn.Module):
                                      f"config.json ({detail}); check the config belongs to this "
                                      f"weights file") from None
 
+    def sensor_encoder(self) -> FrappeEncoder:
+        return self.encoder
+
     @torch.no_grad()
     def encode(self, x_uint8: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(x_uint8)

@@ -24,14 +24,53 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, ThresholdConvSpec, check_encoder_spec, read_spec
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, ThresholdConvSpec, check_encoder_spec, read_spec, wrap_runs
 
 
-def load_encoder_spec(source: str | Path | bytes) -> ThresholdConvSpec:
-    """The exported FRAPPE encoder spec: a DIR from `otterlite export`, a .spec file, or its bytes."""
-    spec, name = read_spec(source, "frappe-encoder.spec")
+def load_encoder_spec(source: str | Path | bytes, kind: str = "frappe-encoder") -> ThresholdConvSpec:
+    """An exported encoder spec (FRAPPE, or WaLLoC with kind="walloc-encoder"): a DIR from
+    `otterlite export`, a .spec file, or its bytes."""
+    spec, name = read_spec(source, f"{kind}.spec")
     check_encoder_spec(spec, name)
     return spec
+
+
+def count_levels(thresholds: np.ndarray, acc: np.ndarray, base: int = -127) -> np.ndarray:
+    """(..., C) accumulators (integers, any dtype) -> (C, ...) int8 base + #{t : acc >= T[c, t]}."""
+    out = np.empty((thresholds.shape[0],) + acc.shape[:-1], np.int8)
+    for c in range(thresholds.shape[0]):
+        out[c] = np.searchsorted(thresholds[c], acc[..., c], side="right") + base
+    return out
+
+
+class WrapStage:
+    """WaLLoC's one stage: kernel K, stride s, wrap-around border pad p. Per kernel row u,
+        a[i, j, c] += sum_{ch, v} x[s*i + u - p, s*j + v - p, ch] * W[c, ch, u, v]   (indices mod H, W)
+    as one batched matmul of the frame's (h, w, 3K) windows by the (3K, C) slice of row u:
+    float32 where 255 * sum |W[c, :, u, :]| < 2^24 (every partial sum an exact integer),
+    float64 otherwise; the rows u summed in float64 (below 2^31: exact)."""
+
+    def __init__(self, stage):
+        self.stage, self.k, self.s, self.p = stage, stage.weights.shape[-1], stage.stride, stage.pad
+        w = stage.weights.astype(np.int64)  # (C, 3, K, K) -> per u (3K, C) in (ch, v) order
+        rows = w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0])
+        bounds = 255 * np.abs(rows).sum(axis=1).max(axis=1)
+        self.dtypes = [np.float32 if b < FLOAT_EXACT_LIMIT else np.float64 for b in bounds]
+        self.rows = [np.ascontiguousarray(r, d) for r, d in zip(rows, self.dtypes)]
+
+    def accumulate(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8, sides multiples of s -> (H/s, W/s, C) float64 holding the integers."""
+        height, width = rgb.shape[:2]
+        h, w = height // self.s, width // self.s
+        rows = np.concatenate([np.arange(a, b) for a, b in wrap_runs(height, self.p)])
+        cols = np.concatenate([np.arange(a, b) for a, b in wrap_runs(width, self.p)])
+        frames = {d: rgb.astype(d)[rows][:, cols] for d in set(self.dtypes)}
+        acc = np.zeros((h, w, self.rows[0].shape[1]), np.float64)
+        for u, (weights, dtype) in enumerate(zip(self.rows, self.dtypes)):
+            band = frames[dtype][u: u + self.s * (h - 1) + 1: self.s]  # (h, W + 2p, 3)
+            windows = np.lib.stride_tricks.sliding_window_view(band, self.k, axis=1)[:, : self.s * w: self.s]
+            acc += np.matmul(windows.reshape(h, w, 3 * self.k), weights)
+        return acc
 
 
 class PatchGroup:
@@ -51,11 +90,8 @@ class PatchGroup:
         self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
 
     def count(self, acc: np.ndarray) -> np.ndarray:
-        """(..., C) accumulators (integers, any dtype) -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
-        out = np.empty((self.channels,) + acc.shape[:-1], np.int8)
-        for c in range(self.channels):
-            out[c] = np.searchsorted(self.thresholds[c], acc[..., c], side="right") - 127
-        return out
+        """(..., C) accumulators -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
+        return count_levels(self.thresholds, acc)
 
 
 class StreamingEncoder:
@@ -64,6 +100,10 @@ class StreamingEncoder:
 
     def __init__(self, spec: ThresholdConvSpec, width: int, height: int):
         check_encoder_spec(spec)
+        if spec.kind != "frappe-encoder":
+            raise OtterliteError(f"the streaming encoder runs FRAPPE specs only, not {spec.kind}: its wrap-around "
+                                 f"border needs the frame's last rows before the first latent row; use "
+                                 f"encode_frame (--runtime numpy)")
         self.big = spec.largest_stride
         if width < self.big or height < self.big:
             raise OtterliteError(f"frame {width}x{height} is smaller than one {self.big}x{self.big} patch")
@@ -163,7 +203,8 @@ class StreamingEncoder:
 def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
     """Whole-frame mode: the same integer formula vectorised over all patch rows at once.
     rgb (H, W, 3) uint8 with sides multiples of the largest patch -> per group (C, h, w) int8."""
-    return [PatchGroup(stage).count(acc) for stage, acc in zip(spec.stages, frame_accumulators(spec, rgb))]
+    return [count_levels(stage.thresholds, acc, spec.base)
+            for stage, acc in zip(spec.stages, frame_accumulators(spec, rgb))]
 
 
 def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
@@ -178,6 +219,8 @@ def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndar
     if h % big or w % big:
         raise OtterliteError(f"frame {w}x{h}: sides must be multiples of {big} (pad with edge replication, "
                              f"or use StreamingEncoder, which pads)")
+    if spec.kind == "walloc-encoder":
+        return [WrapStage(spec.stages[0]).accumulate(rgb)]
     frames = {}  # the frame converted once per dtype the groups need
     out = []
     for stage in spec.stages:
