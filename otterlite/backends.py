@@ -21,6 +21,7 @@ import numpy as np
 from otterlite.arm_env import CPUS as ARM_CPUS
 from otterlite.errors import OtterliteError
 from otterlite.firmware_sim.toolchains import CROSS
+from otterlite.integer_spec.types import ENCODER_KINDS
 
 
 def module(name: str, install: str) -> Callable[[], str | None]:
@@ -93,7 +94,7 @@ def load_numpy_frame(path: Path, spec):
     from otterlite.runtime.encoder import frame_accumulators
     from otterlite.runtime.forward import forward_accumulator
 
-    if spec.kind == "frappe-encoder":
+    if spec.kind in ENCODER_KINDS:
         run = hwc_runner(lambda rgb: encode_frame(spec, rgb))
         return with_probe(run, lambda rgb: [a.transpose(2, 0, 1) for a in frame_accumulators(spec, rgb)])
     if spec.kind == "seaotter-inverse":

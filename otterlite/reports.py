@@ -22,6 +22,7 @@ import numpy as np
 from otterlite.debian import apt_install
 from otterlite.divergence import describe
 from otterlite.errors import OtterliteError
+from otterlite.integer_spec.types import ENCODER_KINDS
 from otterlite.verify import Report, Result, cell_text, fidelity_cell, format_report
 
 
@@ -254,7 +255,7 @@ def html_report(report: Report, manifest: dict, folder: str | Path) -> str:
     parts.append('<h2 id="pictures">Pictures</h2>')
     for model, sample in report.samples.items():
         parts.append(f"<h3>{html.escape(model)} on {html.escape(sample['label'])}</h3>")
-        if model == "frappe-encoder":
+        if model in ENCODER_KINDS:
             parts.append(latent_grid(sample["names"], sample["outputs"]))
             if sample["float"] is not None:
                 parts.append(float_error_maps(sample))

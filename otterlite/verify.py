@@ -20,7 +20,7 @@ from otterlite.errors import OtterliteError
 from otterlite.export import fidelity_summary, input_size, read_manifest
 from otterlite.images import load_rgb, psnr, sample_photo
 from otterlite.integer_spec import load_spec
-from otterlite.integer_spec.types import TableMixSpec
+from otterlite.integer_spec.types import ENCODER_KINDS, TableMixSpec
 
 DEFAULT_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
 PROGRESS_S = 20  # a backend still running after this long says how far it is
@@ -82,30 +82,43 @@ def hit_accumulator(w: np.ndarray, target: int) -> np.ndarray:
     return x.reshape(w.shape).astype(np.uint8)
 
 
+BOUNDARY_FRAMES = 8  # at most this many boundary frames per stage whose windows overlap (WaLLoC)
+
+
+def boundary_targets(stage) -> list[tuple[int, int]]:
+    """(channel, accumulator) pairs: every channel's extremes first, then T-1, T, T+1 of a
+    spread of each channel's thresholds."""
+    lo, hi = stage.accumulator_range()
+    channels = range(stage.weights.shape[0])
+    targets = [(c, int(v)) for c in channels for v in (hi[c], lo[c])]
+    for c in channels:
+        finite = [t for t in stage.thresholds[c] if lo[c] < t <= hi[c]]
+        targets += [(c, int(t) + d) for t in finite[:: max(1, len(finite) // 12)] for d in (-1, 0, 1)]
+    return targets
+
+
 def boundary_images(spec, height: int, width: int) -> list[tuple[str, np.ndarray]]:
-    """Per patch-conv stage: patches driving each channel's accumulator to its extremes and to
-    T-1, T, T+1 of a spread of thresholds, tiled over the frame."""
+    """Per encoder stage: windows driving a channel's accumulator to its extremes and to T-1,
+    T, T+1 of a spread of thresholds. Patch convs tile one frame with them; a wrap-around
+    stage (kernel K > stride s) places them ceil(K / s) outputs apart, so no two windows share
+    a pixel, over up to BOUNDARY_FRAMES frames. Pixels outside the windows are 128."""
     out = []
     for si, stage in enumerate(spec.stages):
-        k = stage.weights.shape[-1]
-        if stage.stride != k or stage.pad:
+        k, s = stage.weights.shape[-1], stage.stride
+        if stage.border != "wrap" and (s != k or stage.pad):
             continue
-        lo, hi = stage.accumulator_range()
-        targets = []
-        for c in range(stage.weights.shape[0]):
-            targets += [(c, int(hi[c])), (c, int(lo[c]))]
-            finite = [t for t in stage.thresholds[c] if lo[c] < t <= hi[c]]
-            for t in finite[:: max(1, len(finite) // 12)]:
-                targets += [(c, int(t) + d) for d in (-1, 0, 1)]
-        rows, cols = height // k, width // k
-        image = np.full((3, rows * k, cols * k), 128, np.uint8)
-        for q in range(rows * cols):
-            c, t = targets[q % len(targets)]
-            r, col = divmod(q, cols)
-            image[:, r * k:(r + 1) * k, col * k:(col + 1) * k] = hit_accumulator(stage.weights[c], t)
-        frame = np.full((3, height, width), 128, np.uint8)
-        frame[:, : rows * k, : cols * k] = image
-        out.append((f"boundaries-stage{si}", frame[None]))
+        targets = boundary_targets(stage)
+        spacing = -(-k // s)
+        places = [(i, j) for i in range(0, height // s, spacing) for j in range(0, width // s, spacing)]
+        frames = 1 if spacing == 1 else min(BOUNDARY_FRAMES, -(-len(targets) // len(places)))
+        for f in range(frames):
+            frame = np.full((3, height, width), 128, np.uint8)
+            for q, (i, j) in enumerate(places):
+                c, t = targets[(f * len(places) + q) % len(targets)]
+                rows = np.arange(i * s - stage.pad, i * s - stage.pad + k) % height
+                cols = np.arange(j * s - stage.pad, j * s - stage.pad + k) % width
+                frame[:, rows[:, None], cols[None, :]] = hit_accumulator(stage.weights[c], t)
+            out.append((f"boundaries-stage{si}" + (f"-{f}" if frames > 1 else ""), frame[None]))
     return out
 
 
@@ -278,12 +291,12 @@ def float_outputs(entry: dict, x: np.ndarray) -> dict:
     try:
         import torch
 
-        from otterlite.models.checkpoint import load_frappe, load_seaotter
+        from otterlite.models.checkpoint import load_encoder_model, load_seaotter
 
         source = entry["checkpoint"]["source"]
         with torch.no_grad():
-            if entry["model"] == "frappe-encoder":
-                model, _ = load_frappe(source, entry["n_ch"])
+            if entry["model"] in ENCODER_KINDS:
+                model, _ = load_encoder_model(entry["model"], source, entry["n_ch"], with_decoder=False)
                 return {"float": [z.numpy() for z in model.encode(torch.from_numpy(x))], "float_reason": ""}
             bundle, _ = load_seaotter(source)
             transform = copy.deepcopy(bundle.inv if entry["model"] == "seaotter-inverse" else bundle.fwd).double()
@@ -295,20 +308,20 @@ def float_outputs(entry: dict, x: np.ndarray) -> dict:
 
 def measure_fidelity(entry: dict, spec, photos: list[np.ndarray]) -> dict:
     try:
-        from otterlite.models.checkpoint import load_frappe, load_seaotter
+        from otterlite.models.checkpoint import load_encoder_model, load_seaotter
         from otterlite.integer_spec import fidelity as fid
         from otterlite.integer_spec.torch_reference import run_spec
 
         source = entry["checkpoint"]["source"]
-        if entry["model"] == "frappe-encoder":
-            model, ckpt = load_frappe(source, entry["n_ch"])
+        if entry["model"] in ENCODER_KINDS:
+            model, ckpt = load_encoder_model(entry["model"], source, entry["n_ch"])
         else:
             bundle, ckpt = load_seaotter(source)
     except Exception as err:  # the checkpoint may live on another machine
         return {"available": False, "reason": str(err).splitlines()[0][:200]}
     if ckpt.sha256 != entry["checkpoint"]["sha256"]:
         return {"available": False, "reason": f"{source} changed since export"}
-    if entry["model"] != "frappe-encoder":
+    if entry["model"] not in ENCODER_KINDS:
         transform = bundle.inv if entry["model"] == "seaotter-inverse" else bundle.fwd
         return fid.transform_fidelity(spec, transform, photos)
     figures = fid.encoder_fidelity(spec, model, photos)

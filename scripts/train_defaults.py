@@ -1,6 +1,7 @@
 """Train the embedded default FRAPPE and SEA OTTER checkpoints (deterministic, CPU).
 
     python scripts/train_defaults.py [--out otterlite/models/defaults] [--frappe-steps N]
+                                     [--walloc-steps N] [--models frappe,seaotter,walloc]
 
 Data: scikit-image's bundled photos. Held out (never trained on): astronaut, rocket,
 motorcycle_right. Writes both checkpoints in the published formats and prints PSNR / bpp
@@ -12,6 +13,10 @@ trained with a random channel prefix n per batch (channels >= n zeroed, straight
 rounding). Snapshot `merged.{n}` is that model with the decoder's first conv restricted to
 the first n input channels, which equals feeding zeros, so all 12 snapshots are exact
 restrictions of one trained model.
+
+WaLLoC: the published Codec2D layout (J = 3, 12 latent channels, lightweight encoder) with
+a small decoder (Nd = 64 instead of 768), trained end to end on MSE with straight-through
+rounding of the ToUniform latents plus a small log-magnitude rate term, like FRAPPE's.
 
 SEA OTTER: arch A set to the JFIF YCbCr matrices with near-linear companding, K = 3
 operating points at the IJG qtables of quality 25, 50, 75, and the inverse's channel mix
@@ -38,6 +43,7 @@ from otterlite.models.frappe import FrappeModel
 from otterlite.models.frappe_config import FrappeConfig
 from otterlite.models.jpeg import read_codec_jpeg, write_codec_jpeg
 from otterlite.models.seaotter import SeaOtterBundle
+from otterlite.models.walloc import WallocConfig, WallocModel
 
 TRAIN = ["chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
          "retina.jpg", "color.png"]
@@ -55,6 +61,7 @@ CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26
           47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
 QUALITIES = [25, 50, 75]
 LAMBDAS = [0.0, 0.0, 0.0]  # no rate-distortion training: recorded as 0
+WALLOC_CONFIG = WallocConfig(channels=3, J=3, Nd=64, latent_dim=12, latent_bits=8)
 
 
 def ijg_table(base: list[int], quality: int) -> list[int]:
@@ -111,6 +118,42 @@ def train_frappe(images, steps, rng):
             print(f"frappe step {step:5d} n={n:2d} psnr {10 * math.log10(255 ** 2 / mse):5.2f} dB "
                   f"rate {rate.item():.2f} ({time.time() - start:.0f}s)", flush=True)
     return model.eval()
+
+
+def train_walloc(images, steps, rng):
+    model = WallocModel(WALLOC_CONFIG)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-5)
+    encoder, start = model.sensor_encoder(), time.time()
+    for step in range(steps):
+        x = random_crops(images, rng, 16, 128)
+        y = encoder.companded(x)
+        out = model.decode_float(torch.clamp(ste_round(y), -127, 127))
+        target = x.to(torch.float32) / 255 - 0.5
+        rate = torch.log2(1 + y.abs()).mean()
+        loss = torch.mean((out - target) ** 2) + 5e-5 * rate
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == steps - 1:
+            mse = torch.mean(((out - target) * 255) ** 2).item()
+            print(f"walloc step {step:5d} psnr {10 * math.log10(255 ** 2 / mse):5.2f} dB "
+                  f"rate {rate.item():.2f} ({time.time() - start:.0f}s)", flush=True)
+    return model.eval()
+
+
+def evaluate_walloc(model, sha):
+    rows = []
+    for name, rgb in zip(HELD_OUT, photos(HELD_OUT)):
+        padded = pad_to_multiple(rgb, WALLOC_CONFIG.stride)
+        x = torch.from_numpy(padded.transpose(2, 0, 1).copy())[None]
+        lat = model.encode(x)[0]
+        rec = model.decode([lat])[0].numpy().transpose(1, 2, 0)[: rgb.shape[0], : rgb.shape[1]]
+        frame = LatentFrame(sha, rgb.shape[1], rgb.shape[0], [(WALLOC_CONFIG.stride, 0, 12)], [lat[0].numpy()])
+        bpp = 8 * len(write_container(frame)) / (rgb.shape[0] * rgb.shape[1])
+        rows.append(f"{name} {psnr(rgb, rec):.2f} dB {bpp:.4f} bpp")
+    print("WaLLoC: " + "; ".join(rows))
 
 
 def snapshot(full: FrappeModel, n: int) -> FrappeModel:
@@ -219,22 +262,40 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="otterlite/models/defaults")
     parser.add_argument("--frappe-steps", type=int, default=3000)
+    parser.add_argument("--walloc-steps", type=int, default=3000)
+    parser.add_argument("--models", default="frappe,seaotter,walloc", help="which defaults to (re)train")
     args = parser.parse_args()
-    torch.manual_seed(0)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
-    rng = np.random.default_rng(0)
     images = photos(TRAIN)
-    full = train_frappe(images, args.frappe_steps, rng)
-    snaps = {n: snapshot(full, n) for n in range(1, 13)}
     out = Path(args.out)
+    chosen = args.models.split(",")
+    if "walloc" in chosen:
+        torch.manual_seed(0)
+        walloc = train_walloc(images, args.walloc_steps, np.random.default_rng(0))
+        checkpoint.write_walloc_checkpoint(out / "walloc", walloc)
+        evaluate_walloc(walloc, checkpoint.load_walloc(str(out / "walloc"))[1].sha256)
+    if "frappe" in chosen:
+        train_and_write_frappe(images, args.frappe_steps, out)
+    if "seaotter" in chosen:
+        train_and_write_seaotter(images, out)
+
+
+def train_and_write_frappe(images, steps, out):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    full = train_frappe(images, steps, rng)
+    snaps = {n: snapshot(full, n) for n in range(1, 13)}
     checkpoint.write_checkpoint(out / "frappe", checkpoint.FRAPPE, FRAPPE_CONFIG, checkpoint.frappe_tensors(snaps))
+    sha = checkpoint.read_checkpoint(str(out / "frappe"), checkpoint.FRAPPE).sha256
+    evaluate_frappe(snaps, sha)
+
+
+def train_and_write_seaotter(images, out):
     bundle = build_seaotter(images)
     so_config = {"K": bundle.K, "color_xform_arch": "A", "lambdas": LAMBDAS,
                  "qtable_source": f"IJG tables at quality {QUALITIES}"}
     checkpoint.write_checkpoint(out / "seaotter", checkpoint.SEAOTTER, so_config, checkpoint.seaotter_tensors(bundle))
-    sha = checkpoint.read_checkpoint(str(out / "frappe"), checkpoint.FRAPPE).sha256
-    evaluate_frappe(snaps, sha)
     evaluate_seaotter(bundle)
 
 

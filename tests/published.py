@@ -333,3 +333,67 @@ def write_upstream_seaotter(folder, arch="A", init="jfif", perturb=0.01, seed=0,
     (folder / "config.json").write_text(json.dumps({"K": K, "color_xform_arch": arch, "lambdas": [0.1] * K}))
     save_file(t, str(folder / "seaotter_jpeg_pytorch_model.safetensors"))
     return folder, t
+
+
+# WaLLoC (WALLOC.md): RGB_16x.json + RGB_16x.pth, a torch.save'd {"model_state_dict": ...}
+WALLOC_CONFIG = {"channels": 3, "J": 3, "Ne": None, "Nd": 32, "latent_dim": 12, "latent_bits": 8,
+                 "lightweight_encode": True}
+
+
+def walloc_state(cfg: dict, seed: int = 0, conv_scale: float = 1.0) -> dict:
+    """The published key layout: the wavelet buffers as pytorch_wavelets registers them
+    (analysis filters reversed, (1, 1, 10, 1) columns and (1, 1, 1, 10) rows), the 1x1 conv
+    `encoder.0`, and diffusers' Decoder under `decoder.1.` (random weights)."""
+    import pywt
+    from diffusers.models.autoencoders.autoencoder_kl import Decoder
+
+    g = torch.Generator().manual_seed(seed)
+    w = pywt.Wavelet("bior4.4")
+    state = {}
+    for prefix, (lo, hi), names in (("wt", (w.dec_lo[::-1], w.dec_hi[::-1]), ("h0", "h1")),
+                                     ("iwt", (w.rec_lo, w.rec_hi), ("g0", "g1"))):
+        for name, taps in zip(names, (lo, hi)):
+            t = torch.tensor(list(taps), dtype=torch.float32)
+            state[f"{prefix}.{name}_col"] = t.reshape(1, 1, -1, 1)
+            state[f"{prefix}.{name}_row"] = t.reshape(1, 1, 1, -1)
+    bands = cfg["channels"] * 4 ** cfg["J"]
+    state["encoder.0.weight"] = conv_scale * torch.randn(cfg["latent_dim"], bands, 1, 1, generator=g) / bands ** 0.5 * 8
+    state["encoder.0.bias"] = torch.randn(cfg["latent_dim"], generator=g)
+    torch.manual_seed(seed)
+    decoder = Decoder(in_channels=cfg["latent_dim"], out_channels=bands, up_block_types=("UpDecoderBlock2D",),
+                      block_out_channels=(cfg["Nd"],), layers_per_block=2, norm_num_groups=32, act_fn="silu",
+                      mid_block_add_attention=True)
+    state.update({f"decoder.1.{k}": v for k, v in decoder.state_dict().items()})
+    return state
+
+
+def write_walloc(folder: Path, cfg: dict | None = None, state: dict | None = None, name: str = "RGB_16x") -> Path:
+    cfg = cfg or WALLOC_CONFIG
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    torch.save({"model_state_dict": state if state is not None else walloc_state(cfg)}, folder / f"{name}.pth")
+    return folder
+
+
+def walloc_latents_float64(state: dict, cfg: dict, rgb_uint8: np.ndarray) -> np.ndarray:
+    """WALLOC.md's encoder formulas computed independently: PyWavelets' dwt2 (periodization)
+    per channel and level, bands stacked [cA, cH, cV, cD] per channel, the 1x1 conv,
+    ToUniform with math.erf, round half to even. (H, W, 3) uint8 -> (12, H/8, W/8)."""
+    import math
+
+    import pywt
+
+    x = [rgb_uint8[..., c].astype(np.float64) / 255 - 0.5 for c in range(3)]
+    for _ in range(cfg["J"]):
+        nxt = []
+        for band in x:
+            a, (h, v, d) = pywt.dwt2(band, "bior4.4", mode="periodization")
+            nxt += [a, h, v, d]
+        x = nxt
+    bands = np.stack(x)
+    w = state["encoder.0.weight"].double().numpy()[:, :, 0, 0]
+    u = np.einsum("ob,bhw->ohw", w, bands) + state["encoder.0.bias"].double().numpy()[:, None, None]
+    scale = (2 ** (cfg["latent_bits"] - 1) - 1) / 1.85
+    latent_max = 2 ** (cfg["latent_bits"] - 1) - 1 + 0.5 - 1e-3
+    phi = np.vectorize(lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2))))(u / scale)
+    return 2 * latent_max * (phi - 0.5)

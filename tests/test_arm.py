@@ -35,9 +35,9 @@ def require_arm():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The encoder at 64x64; the transforms at 512x512, so the 16.7M colours are 64 frames."""
+    """The encoders at 64x64; the transforms at 512x512, so the 16.7M colours are 64 frames."""
     out = tmp_path_factory.mktemp("arm-models")
-    export(["frappe-encoder"], list(FORMATS), out, input_size="64x64", say=lambda line: None)
+    export(["frappe-encoder", "walloc-encoder"], list(FORMATS), out, input_size="64x64", say=lambda line: None)
     export(["seaotter-inverse", "seaotter-forward"], list(FORMATS), out, input_size="512x512", say=lambda line: None)
     return out
 
@@ -62,7 +62,7 @@ def test_arm_runtimes_are_exact_on_every_cpu(exported):
         reports = dict(pool.map(check, sorted(arm_env.CPUS, key=lambda c: c != "max")))  # the slowest first
     assert list(MODELS) == list(dict.fromkeys(r.model for r in reports["a53"].results))
     for cpu, report in reports.items():
-        assert len(report.results) == 3 * RUNTIMES_PER_MODEL[arm_env.CPUS[cpu].arch], cpu
+        assert len(report.results) == 4 * RUNTIMES_PER_MODEL[arm_env.CPUS[cpu].arch], cpu
         for r in report.results:
             assert r.status == "exact" and r.mismatches == 0 and r.images > 10, (cpu, r)
         want, absent = FEATURES[cpu]

@@ -135,15 +135,18 @@ def test_graph_structure(exported):
         ops[name] = {n.op_type for n in m.graph.node}
         assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
         for out in m.graph.output:
-            want = onnx.TensorProto.INT8 if name == "frappe-encoder" else onnx.TensorProto.UINT8
+            want = onnx.TensorProto.INT8 if name.endswith("-encoder") else onnx.TensorProto.UINT8
             assert out.type.tensor_type.elem_type == want
         assert not ops[name] & {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "Round", "Softsign"}
     assert "ConvInteger" in ops["frappe-encoder"] and "GatherElements" in ops["frappe-encoder"]
     assert "Gather" in ops["seaotter-inverse"] and "Div" in ops["seaotter-inverse"]
+    assert {"ConvInteger", "Slice", "Concat"} <= ops["walloc-encoder"]  # wrap-around border by slices
     manifest = json.loads((exported / "manifest.json").read_text())
     enc = next(e for e in manifest["artifacts"] if e["model"] == "frappe-encoder")
     assert enc["scale_groups"] == [[32, 0, 3], [16, 3, 9], [8, 9, 12]] and enc["n_ch"] == 12
     assert [o["shape"] for o in enc["outputs"]] == [[1, 3, 4, 6], [1, 6, 8, 12], [1, 3, 16, 24]]
+    walloc = next(e for e in manifest["artifacts"] if e["model"] == "walloc-encoder")
+    assert walloc["J"] == 3 and [o["shape"] for o in walloc["outputs"]] == [[1, 12, 16, 24]]
 
 
 def test_spec_blob_round_trip(exported):

@@ -20,6 +20,7 @@ from otterlite.integer_spec.types import ENCODER_KINDS, TableMixSpec, save_spec
 
 MODELS = ("frappe-encoder", "walloc-encoder", "seaotter-inverse", "seaotter-forward")
 FORMATS = ("onnx", "tflite")
+WALLOC_AUTO_MARGIN = 0.5  # --weight-bits auto for WaLLoC: 99.5% on the calibration photos for a 99% target
 LAYOUTS = {"onnx": "NCHW", "tflite": "NHWC"}
 ROUNDING = {
     "frappe-encoder": "latent = -127 + #{j : acc >= T[c, j]}; T from the float model's round-half-even",
@@ -94,17 +95,18 @@ def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | N
            walloc_checkpoint: str | None = None):
     """-> (spec, checkpoint, fidelity judged against target). weight_bits 'auto': per scale
     group the fewest in 8..12 that meet the target on `photos()` (integer_spec.fidelity.auto_weight_bits)."""
-    from otterlite.models.checkpoint import load_frappe, load_seaotter, load_walloc
+    from otterlite.models.checkpoint import load_encoder_model, load_seaotter
     from otterlite.integer_spec import fidelity as fid
     from otterlite.integer_spec import freeze as f
 
     if model_name in ENCODER_KINDS:
-        if model_name == "frappe-encoder":
-            (model, ckpt), freezer = load_frappe(checkpoint, n_ch, cache_dir), f.freeze_frappe_encoder
-        else:
-            (model, ckpt), freezer = load_walloc(walloc_checkpoint, cache_dir, with_decoder=False), f.freeze_walloc_encoder
-        if weight_bits == "auto":
-            weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target, freezer)
+        walloc = model_name == "walloc-encoder"
+        model, ckpt = load_encoder_model(model_name, walloc_checkpoint if walloc else checkpoint, n_ch, cache_dir,
+                                         with_decoder=False)
+        freezer = f.freeze_walloc_encoder if walloc else f.freeze_frappe_encoder
+        if weight_bits == "auto":  # WaLLoC's 9747-tap sums lose equality faster off the calibration photos
+            weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target, freezer,
+                                               margin=WALLOC_AUTO_MARGIN if walloc else 0.0)
         spec = freezer(model, ckpt.sha256, weight_bits)
         say(f"  measuring {model_name} fidelity on {len(photos())} calibration photos")
         return spec, ckpt, target.judge(spec.kind, fid.encoder_fidelity(spec, model, photos()))

@@ -217,7 +217,7 @@ def conv_float(g: TfliteGraph, x: int, weights: np.ndarray, bias: np.ndarray, st
 def wrap_pad(g: TfliteGraph, x: int, pad: int, tag: str) -> int:
     """NHWC x wrap-padded by `pad` on every side: SLICE + CONCATENATION of wrap_runs, rows then columns."""
     for axis in (1, 2):
-        shape = g.shape(x)
+        shape = list(g.shape(x))  # a copy: the input's recorded shape stays as it is
         parts = []
         for i, (a, b) in enumerate(wrap_runs(shape[axis], pad)):
             begin, size = [0, 0, 0, 0], list(shape)

@@ -165,20 +165,23 @@ AUTO_BITS = range(8, 13)
 
 
 def auto_weight_bits(model, source_sha256: str, photos: list[np.ndarray], target: Target,
-                     freeze_encoder=None) -> list[int]:
+                     freeze_encoder=None, margin: float = 0.0) -> list[int]:
     """Per scale group the fewest weight bits in 8..12 whose latents on `photos` meet the
     target (equal share and max LSB of that group); 12 where none does (export then says so).
-    freeze_encoder(model, sha, bits): freeze_frappe_encoder unless given (WaLLoC's)."""
+    freeze_encoder(model, sha, bits): freeze_frappe_encoder unless given (WaLLoC's).
+    margin: the share of the target's allowed miss kept in reserve, so other photos meet it
+    too (the equal share must reach 1 - (1 - min_equal) * (1 - margin))."""
     from otterlite.integer_spec.freeze import freeze_frappe_encoder
 
     freeze_encoder = freeze_encoder or freeze_frappe_encoder
+    need = 1 - (1 - target.min_equal) * (1 - margin)
     floats, chosen = None, None
     for bits in AUTO_BITS:
         spec = freeze_encoder(model, source_sha256, bits)
         floats = floats or float_latents(model, photos, spec.largest_stride)
         chosen = chosen or [None] * len(spec.stages)
         for i, group in enumerate(encoder_fidelity(spec, model, photos, floats)["groups"]):
-            if chosen[i] is None and group["equal_share"] >= target.min_equal and group["max_lsb"] <= target.max_lsb:
+            if chosen[i] is None and group["equal_share"] >= need and group["max_lsb"] <= target.max_lsb:
                 chosen[i] = bits
         if None not in chosen:
             break

@@ -26,10 +26,10 @@ def conv_int(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int, border: st
         patches = x[:, :, : oh * k, : ow * k].reshape(n, cin, oh, k, ow, k).permute(0, 2, 4, 1, 3, 5)
         return (patches.reshape(n, oh, ow, -1) @ w.reshape(w.shape[0], -1).T).permute(0, 3, 1, 2)
     out = torch.zeros(n, w.shape[0], oh, ow, dtype=torch.int64)
-    for u in range(k):
-        for v in range(k):
-            window = x[:, :, u: u + stride * (oh - 1) + 1: stride, v: v + stride * (ow - 1) + 1: stride]
-            out += torch.einsum("nihw,oi->nohw", window, w[:, :, u, v])
+    for u in range(k):  # kernel row u: the (oh, ow, Cin * k) windows of its image rows times W[:, :, u, :]
+        rows = x[:, :, u: u + stride * (oh - 1) + 1: stride, : stride * (ow - 1) + k]
+        windows = rows.unfold(3, k, stride)  # (n, Cin, oh, ow, k)
+        out += torch.einsum("nihwv,oiv->nohw", windows, w[:, :, u, :])
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -259,11 +260,13 @@ def read_walloc_state(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise OtterliteError(f"{path}: refused, it needs a full unpickler ({first[:140]}); otterlite "
-                                 f"reads only plain tensor files (torch.load weights_only=True): re-save "
-                                 f"it as torch.save({{'model_state_dict': model.state_dict()}})") from None
+        text = str(err)
+        needs = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if needs:
+            raise OtterliteError(f"{path}: refused, it needs a full unpickler (it holds {needs.group(1)}); "
+                                 f"otterlite reads only plain tensor files (torch.load weights_only=True): "
+                                 f"re-save it as torch.save({{'model_state_dict': model.state_dict()}})") from None
+        first = text.strip().splitlines()[-1].strip() if text.strip() else type(err).__name__
         raise OtterliteError(f"{path}: not a readable torch file ({first[:140]}); the file is truncated "
                              f"or corrupted: download it again") from None
     state = obj.get("model_state_dict") if isinstance(obj, dict) else None
@@ -341,3 +344,12 @@ def write_walloc_checkpoint(folder: str | Path, model, name: str = "RGB_16x") ->
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save({"model_state_dict": state}, folder / f"{name}.pth")
     return folder
+
+
+def load_encoder_model(kind: str, source: str | None, n_ch: int | None = None, cache_dir: str | None = None,
+                       with_decoder: bool = True):
+    """-> (FrappeModel or WallocModel, Checkpoint) of an encoder kind ("frappe-encoder" or
+    "walloc-encoder"); both have sensor_encoder(), encode(x uint8) -> [latents], decode([latents]) -> uint8."""
+    if kind == "walloc-encoder":
+        return load_walloc(source, cache_dir, with_decoder)
+    return load_frappe(source, n_ch, cache_dir)

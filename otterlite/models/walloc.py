@@ -5,7 +5,7 @@ Encoder: J levels of the bior4.4 periodization wavelet packet (every channel, ba
 per channel [LL, LH, HL, HH]: 3 -> 12 -> 48 -> 192 channels), the 1x1 conv `encoder.0`,
 ToUniform y = 2 * LATENT_MAX * (Phi(u / SCALE) - 0.5), round half to even -> -127..127.
 Decoder: ToNormal, diffusers' Decoder (`decoder.1.*`), J levels of packet synthesis, clamp
-to [-0.5, 0.5].
+to [-0.5, 0.5]; as uint8 RGB, round((y + 0.5) * 255).
 
 One analysis level along an axis of length N (periodization, PyWavelets' alignment):
     lo[k] = sum_j dec_lo[j] * x[(2k + 5 - j) mod N],   hi[k] likewise with dec_hi
@@ -202,21 +202,32 @@ class WallocEncoder(nn.Module):
     def composed_kernel(self) -> tuple[np.ndarray, np.ndarray, int]:
         """The analysis + 1x1 conv as one stride-s (s = 2^J) wrap-around convolution, float64:
             u[c, i, j] = bias[c] + sum W[c, k, a, b] * x[k, (s*i - pad + a) mod H, (s*j - pad + b) mod W]
-        -> (W (C, channels, 2 pad + 1, 2 pad + 1), bias (C,), pad), found as the gradient of
-        one output position of the cascade on a frame wider than the kernel (no wrap)."""
+        -> (W (C, channels, 2 pad + 1, 2 pad + 1), bias (C,), pad). The packet transform works
+        on each input channel alone, so one channel's 4^J band kernels G[band, d_r, d_c] (the
+        response at offset (d_r, d_c) from an output's corner) come from s*s impulses, one per
+        phase, on a frame wider than the kernel (no wrap); W[c, k] = sum_band W1[c, k, band] G[band]."""
         s = self.config.stride
-        span = (TAPS - 1) * (s - 1) + 1  # J cascaded 10-tap levels: at most 9 * (2^J - 1) + 1 taps
-        i0 = -(-span // s) + 1
-        size = 2 * s * i0
-        x = torch.zeros(1, self.config.channels, size, size, dtype=torch.float64, requires_grad=True)
+        outs = 2 * (-(-((TAPS - 1) * (s - 1) + 1) // s) + 1)  # outputs per side: twice the span in blocks
+        centre = outs // 2
+        impulses = torch.zeros(s * s, 1, s * outs, s * outs, dtype=torch.float64)
+        for p in range(s):
+            for q in range(s):
+                impulses[p * s + q, 0, s * centre + p, s * centre + q] = 1
+        with torch.no_grad():
+            responses = self.analysis(impulses).numpy()  # (s*s, 4^J, outs, outs)
+        offset = s * outs  # G index = d + offset, d = s * (centre - i) + p
+        bands = np.zeros((responses.shape[1], 2 * offset, 2 * offset))
+        steps = s * (centre - np.arange(outs)) + offset
+        for p in range(s):
+            for q in range(s):
+                bands[:, (steps + p)[:, None], (steps + q)[None, :]] = responses[p * s + q]
+        rows, cols = np.nonzero(np.abs(bands).sum(0))
+        pad = int(max(offset - rows.min(), rows.max() - offset, offset - cols.min(), cols.max() - offset))
+        window = bands[:, offset - pad: offset + pad + 1, offset - pad: offset + pad + 1]
         conv = self.encoder[0]
-        u = F.conv2d(self.analysis(x), conv.weight.detach().to(torch.float64))
-        grad = np.stack([torch.autograd.grad(u[0, c, i0, i0], x, retain_graph=True)[0][0].numpy()
-                         for c in range(self.config.latent_dim)])
-        rows, cols = np.nonzero(np.abs(grad).sum((0, 1)))
-        pad = int(max(s * i0 - rows.min(), rows.max() - s * i0, s * i0 - cols.min(), cols.max() - s * i0))
-        top = s * i0 - pad
-        kernel = grad[:, :, top: top + 2 * pad + 1, top: top + 2 * pad + 1]
+        w1 = conv.weight.detach().to(torch.float64).numpy()[:, :, 0, 0]
+        w1 = w1.reshape(w1.shape[0], self.config.channels, -1)  # (C, k, band): packet channels are k-major
+        kernel = np.einsum("ckb,bxy->ckxy", w1, window)
         return np.ascontiguousarray(kernel), conv.bias.detach().to(torch.float64).numpy(), pad
 
 
@@ -245,8 +256,13 @@ class WallocModel(nn.Module):
     def encode(self, x_uint8: torch.Tensor) -> list[torch.Tensor]:
         return self.sensor_encoder()(x_uint8)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         """int8-valued latents (B, 12, h, w) -> RGB in [-0.5, 0.5] (B, 3, 8h, 8w)."""
         if self.decoder is None:
             raise OtterliteError("this WaLLoC model was loaded without its decoder")
         return self.synthesis(self.decoder(latents.to(torch.float32))).clamp(-0.5, 0.5)
+
+    @torch.no_grad()
+    def decode(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """[latents] (as encode returns them) -> uint8 RGB (B, 3, 8h, 8w), round((y + 0.5) * 255)."""
+        return torch.round((self.decode_float(latents[0]) + 0.5) * 255).to(torch.uint8)

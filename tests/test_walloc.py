@@ -1,0 +1,245 @@
+"""WaLLoC: our wavelet against PyWavelets, the float model against WALLOC.md's formulas,
+the published-format loader, and the exact wrap-around encoder spec on every emitter."""
+import json
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import published
+from otterlite.errors import OtterliteError
+from otterlite.integer_spec.freeze import freeze_walloc_encoder
+from otterlite.integer_spec.torch_reference import run_spec
+from otterlite.integer_spec.types import load_spec, save_spec
+from otterlite.models.checkpoint import load_walloc
+from otterlite.models.walloc import DWT, IDWT
+
+pywt = pytest.importorskip("pywt")
+
+
+@pytest.fixture(scope="module")
+def walloc_dir(tmp_path_factory):
+    return published.write_walloc(tmp_path_factory.mktemp("walloc"))
+
+
+@pytest.fixture(scope="module")
+def walloc_model(walloc_dir):
+    return load_walloc(str(walloc_dir))
+
+
+def test_one_level_equals_pywavelets_and_inverts():
+    x = torch.randn(1, 2, 24, 40, dtype=torch.float64)
+    y = DWT().double()(x)
+    for c in range(2):
+        a, (h, v, d) = pywt.dwt2(x[0, c].numpy(), "bior4.4", mode="periodization")
+        for f, band in enumerate((a, h, v, d)):
+            np.testing.assert_allclose(y[0, 4 * c + f].numpy(), band, atol=1e-6)  # float32 filters
+    np.testing.assert_allclose(IDWT().double()(y).numpy(), x.numpy(), atol=1e-6)
+    z = pywt.idwt2((a, (h, v, d)), "bior4.4", mode="periodization")
+    np.testing.assert_allclose(IDWT().double()(y)[0, 1].numpy(), z, atol=1e-6)
+
+
+def test_float_model_equals_the_formulas(walloc_model, walloc_dir):
+    model, _ = walloc_model
+    state = torch.load(walloc_dir / "RGB_16x.pth", weights_only=True)["model_state_dict"]
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    expected = published.walloc_latents_float64(state, published.WALLOC_CONFIG, rgb)
+    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        companded = model.sensor_encoder().double().companded(x)[0].numpy()
+    assert np.abs(companded - expected).max() < 1e-4
+    latents = model.encode(x)[0][0].numpy().astype(np.float64)
+    clear = np.abs(np.abs(expected - np.floor(expected)) - 0.5) > 1e-3  # not on a rounding tie
+    assert (latents == np.round(expected))[clear].all() and clear.mean() > 0.99
+
+
+def test_decoder_equals_diffusers_then_pywavelets_synthesis(walloc_model):
+    from scipy.special import ndtri
+
+    model, _ = walloc_model
+    latents = torch.randint(-127, 128, (1, 12, 4, 6)).to(torch.float32)
+    cfg = model.config
+    p = np.clip(latents.numpy().astype(np.float64) / (2 * cfg.latent_max) + 0.5, 1e-4, 0.9999)
+    normal = torch.from_numpy(cfg.scale * ndtri(p)).to(torch.float32)
+    with torch.no_grad():
+        bands = model.decoder[1](normal)[0].double().numpy()  # diffusers' Decoder, 192 bands
+        ours = model.decode_float(latents)[0].double().numpy()
+    for _ in range(cfg.J):  # packet synthesis: every 4 channels [a, h, v, d] -> one
+        bands = np.stack([pywt.idwt2((bands[i], (bands[i + 1], bands[i + 2], bands[i + 3])), "bior4.4",
+                                     mode="periodization") for i in range(0, len(bands), 4)])
+    assert np.abs(ours - np.clip(bands, -0.5, 0.5)).max() < 1e-5
+
+
+def test_composed_kernel_is_the_cascade_with_wraparound(walloc_model):
+    model, _ = walloc_model
+    encoder = model.sensor_encoder().double()
+    kernel, bias, pad = encoder.composed_kernel()
+    assert kernel.shape == (12, 3, 57, 57) and pad == 28
+    x = torch.rand(1, 3, 40, 56, dtype=torch.float64)
+    with torch.no_grad():
+        cascade = torch.nn.functional.conv2d(encoder.analysis(x), encoder.encoder[0].weight, encoder.encoder[0].bias)
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="circular")
+    composed = torch.nn.functional.conv2d(padded, torch.from_numpy(kernel), torch.from_numpy(bias), stride=8)
+    assert torch.allclose(cascade, composed, atol=1e-10)
+    bottom = x.clone()
+    bottom[:, :, -4:] = 0  # periodization: latent row 0 reads the last image rows
+    with torch.no_grad():
+        changed = torch.nn.functional.conv2d(encoder.analysis(bottom), encoder.encoder[0].weight)
+    assert (changed - cascade + encoder.encoder[0].bias[None, :, None, None])[0, :, 0].abs().max() > 1e-6
+
+
+def test_loader_round_trip_and_refusals(tmp_path, walloc_dir, walloc_model):
+    model, ckpt = walloc_model
+    assert ckpt.config["Nd"] == 32 and len(ckpt.sha256) == 64
+    encoder_only, same = load_walloc(str(walloc_dir), with_decoder=False)
+    assert encoder_only.decoder is None and same.sha256 == ckpt.sha256
+    state = torch.load(walloc_dir / "RGB_16x.pth", weights_only=True)["model_state_dict"]
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "RGB_16x.json").write_text(json.dumps(published.WALLOC_CONFIG))
+    torch.save({"model_state_dict": state, "extra": Fraction(1, 3)}, bad / "RGB_16x.pth")  # needs a global
+    with pytest.raises(OtterliteError, match="needs a full unpickler"):
+        load_walloc(str(bad))
+    torch.save({"weights": state}, bad / "RGB_16x.pth")
+    with pytest.raises(OtterliteError, match="model_state_dict"):
+        load_walloc(str(bad))
+    missing = {k: v for k, v in state.items() if k != "encoder.0.bias"}
+    published.write_walloc(bad, state=missing)
+    with pytest.raises(OtterliteError, match=r"missing \['encoder.0.bias'\]"):
+        load_walloc(str(bad))
+    published.write_walloc(bad, state={**state, "encoder.0.weight": state["encoder.0.weight"][:6]})
+    with pytest.raises(OtterliteError, match="size mismatch"):
+        load_walloc(str(bad))
+    published.write_walloc(bad, cfg={**published.WALLOC_CONFIG, "lightweight_encode": False})
+    with pytest.raises(OtterliteError, match="not an exact linear map"):
+        load_walloc(str(bad))
+    (bad / "RGB_16x.json").write_text(json.dumps(published.WALLOC_CONFIG))
+    (bad / "RGB_16x.pth").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(OtterliteError, match="not a readable torch file"):
+        load_walloc(str(bad))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OtterliteError, match="NAME.json \\+ NAME.pth"):
+        load_walloc(str(empty))
+
+
+def test_hub_offline_fails_fast_with_fix(tmp_path):
+    with pytest.raises(OtterliteError) as err:
+        load_walloc("hub:danjacobellis/walloc", cache_dir=str(tmp_path))
+    assert "RGB_16x.pth" in str(err.value) and "--checkpoint DIR" in str(err.value)
+    with pytest.raises(OtterliteError, match=r"hub:OWNER/REPO\[/NAME\]"):
+        load_walloc("hub:onlyname")
+
+
+def test_hub_source_reads_a_local_cache_offline(tmp_path):
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--danjacobellis--walloc"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    published.write_walloc(repo / "snapshots" / revision)
+    model, ckpt = load_walloc("hub:danjacobellis/walloc", cache_dir=str(tmp_path), with_decoder=False)
+    assert model.config.Nd == 32 and ckpt.source.endswith(revision)
+
+
+@pytest.fixture(scope="module")
+def walloc_spec(walloc_model):
+    model, ckpt = walloc_model
+    return load_spec(save_spec(freeze_walloc_encoder(model, ckpt.sha256, 12)))
+
+
+def test_spec_is_faithful_and_keeps_its_border(walloc_model, walloc_spec):
+    from otterlite.integer_spec.fidelity import encoder_fidelity
+    from otterlite.images import load_rgb, sample_photo
+
+    model, _ = walloc_model
+    assert walloc_spec.stages[0].border == "wrap" and walloc_spec.stages[0].pad == 28
+    photos = [load_rgb(sample_photo("astronaut.png"))[:200, :264]]
+    fid = encoder_fidelity(walloc_spec, model, photos)
+    assert fid["equal_share"] >= 0.99 and fid["max_lsb"] <= 1
+    blob = bytearray(save_spec(walloc_spec))
+    at = blob.index(b'"border": "wrap"')
+    blob[at: at + 16] = b'"border": "wavy"'
+    with pytest.raises(OtterliteError, match="border"):
+        load_spec(bytes(blob))
+
+
+@pytest.mark.parametrize("height,width", [(64, 96), (16, 24), (8, 8)])
+def test_every_emitter_matches_the_reference(walloc_spec, height, width):
+    """numpy, ONNX and TFLite (wrap by slices) against the torch reference, including frames
+    smaller than the kernel (wrapping more than once)."""
+    from otterlite.export import build
+    from otterlite.runtime.encoder import encode_frame
+    from otterlite.verify import boundary_images
+
+    inputs = [np.random.default_rng(height).integers(0, 256, (1, 3, height, width), dtype=np.uint8)]
+    inputs += [x for _, x in boundary_images(walloc_spec, height, width)]
+    ort = pytest.importorskip("onnxruntime")
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    session = ort.InferenceSession(build(walloc_spec, "onnx", height, width), providers=["CPUExecutionProvider"])
+    interpreter = litert.Interpreter(model_content=build(walloc_spec, "tflite", height, width))
+    interpreter.allocate_tensors()
+    for x in inputs:
+        ref = run_spec(walloc_spec, torch.from_numpy(x))[0].numpy()
+        assert ref.shape == (1, 12, height // 8, width // 8)
+        assert (encode_frame(walloc_spec, np.ascontiguousarray(x[0].transpose(1, 2, 0)))[0] == ref[0]).all()
+        assert (session.run(None, {"image": x})[0] == ref).all()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        interpreter.invoke()
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        assert (out.transpose(0, 3, 1, 2) == ref).all()
+
+
+def test_boundary_frames_reach_the_extremes(walloc_spec):
+    from otterlite.verify import boundary_images
+
+    stage = walloc_spec.stages[0]
+    lo, hi = stage.accumulator_range()
+    frames = boundary_images(walloc_spec, 128, 128)
+    _, trace = run_spec(walloc_spec, torch.from_numpy(frames[0][1]), intermediate=True)
+    acc = trace["stage0.accumulator"][0]
+    assert acc[0, 0, 0] == hi[0] and acc[0, 0, 8] == lo[0] and acc[1, 8, 0] == hi[1]
+
+
+HOST_BACKENDS = ["torch-int", "numpy", "ort-O0-t1", "ort-O3-t2", "litert", "litert-reference", "tflite-runtime",
+                 "tflm"]
+
+
+def test_export_and_verify_on_every_host_backend(tmp_path, walloc_dir, capsys):
+    """`otterlite export walloc-encoder` from a published-format checkpoint, then verify:
+    exact on every host backend that runs it (test_arm runs the default on the ARM builds;
+    test_export_verify the default on every host backend) and faithful to the float model; flags that do not apply are refused."""
+    from otterlite.backends import BACKENDS
+    from otterlite.cli import main
+
+    if os.environ.get("OTTERLITE_REQUIRE_ALL_BACKENDS"):
+        assert not [b for b in HOST_BACKENDS if BACKENDS[b].missing()]
+    out = tmp_path / "out"
+    assert main(["export", "walloc-encoder", "--walloc-checkpoint", str(walloc_dir), "--format", "onnx,tflite",
+                 "--input-size", "64x96", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {e["model"] for e in manifest["artifacts"]} == {"walloc-encoder"}
+    assert manifest["artifacts"][0]["fidelity"]["pass"]
+    backends = [b for b in HOST_BACKENDS if not BACKENDS[b].missing()]
+    assert main(["verify", str(out), "--backends", *backends, "--json", str(tmp_path / "v.json")]) == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert {r["backend"] for r in report["results"]} == set(backends)
+    assert all(r["status"] == "exact" for r in report["results"]) and report["faithful"]
+    capsys.readouterr()
+    assert main(["export", "walloc-encoder", "--checkpoint", str(walloc_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "--walloc-checkpoint" in capsys.readouterr().err
+    assert main(["export", "frappe-encoder", "--walloc-checkpoint", str(walloc_dir), "-o", str(tmp_path / "x")]) == 2
+    assert "--walloc-checkpoint applies to walloc-encoder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_streaming_and_firmware_refuse_walloc_clearly(walloc_spec, tmp_path):
+    from otterlite.firmware_sim.codegen import generate
+    from otterlite.runtime import StreamingEncoder
+
+    with pytest.raises(OtterliteError, match="wrap-around border"):
+        StreamingEncoder(walloc_spec, 96, 64)
+    with pytest.raises(OtterliteError, match="FRAPPE specs only"):
+        generate(walloc_spec, tmp_path / "fw")
+    assert not (tmp_path / "fw").exists()
