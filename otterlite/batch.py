@@ -160,6 +160,9 @@ class Transcoder:
                 data = Path(source).read_bytes()
             path = jpeg_path(self.out, name)  # refuses a name that would leave OUT, before any work
             frame, _ = read_header(data, source)
+            if frame.codec != "FRAPPE":
+                raise OtterliteError(f"{source}: a {frame.codec} container; transcode-batch decodes FRAPPE "
+                                     f"containers only (use 'otterlite transcode' for {frame.codec})")
             model, ckpt = self.decoder(frame.n_ch)
             jpeg = transcode_bytes(data, self.s["k"], model, ckpt, self.forward, source)
             row["pixels"] = frame.width * frame.height

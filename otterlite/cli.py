@@ -96,24 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the whole workflow on a bundled photo with the embedded models",
-                       epilog="example: otterlite demo --out /tmp/demo --n-ch 6")
+                       epilog="examples:\n  otterlite demo --out /tmp/demo --n-ch 6\n  otterlite demo --codec walloc",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codec", default="frappe", choices=["frappe", "walloc"], help="sensor codec (default frappe)")
     p.add_argument("--image", default=None, help="photo to use (default: scikit-image's astronaut.png)")
     p.add_argument("--out", default="otterlite-demo", help="output folder (default: otterlite-demo)")
     p.add_argument("--n-ch", type=int, default=None, help="latent channels (default: all trained)")
     p.add_argument("--k", type=int, default=1, help="SEA OTTER operating point (default: 1)")
 
     p = sub.add_parser("encode", help="sensor: image -> .otl latent container",
-                       epilog="example: otterlite encode photo.png -o photo.otl --models out/ --runtime numpy\n"
+                       epilog="examples:\n  otterlite encode photo.png -o photo.otl --models out/ --runtime numpy\n"
+                              "  otterlite encode photo.png -o photo.otl --codec walloc --latent-coder webp\n"
                               "(--models: the spec from 'otterlite export', so no torch is needed)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, help="output .otl file")
-    p.add_argument("--n-ch", type=int, default=None, help="latent channels 1..n_trained (default: n_trained)")
+    p.add_argument("--codec", default="frappe", choices=["frappe", "walloc"],
+                   help="sensor codec (default frappe); --checkpoint is that codec's checkpoint")
+    p.add_argument("--latent-coder", default="rice", choices=["rice", "webp"],
+                   help="latent payload: rice (ours, MCU-friendly, default) or webp (WaLLoC's published layout, "
+                        "--codec walloc only); WaLLoC prints both sizes")
+    p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels 1..n_trained (default: n_trained)")
     add_runtime_args(p, "frappe-encoder", "numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
                      "reference), c (the generated C, compiled on the fly)")
     add_checkpoint_args(p, defaults=False)
 
-    p = sub.add_parser("transcode", help="cloud: .otl -> FRAPPE decoder (float) -> SEA OTTER forward -> JPEG",
+    p = sub.add_parser("transcode", help="cloud: .otl -> its codec's decoder (FRAPPE or WaLLoC, float) -> SEA OTTER "
+                       "forward -> JPEG (--checkpoint: that codec's checkpoint)",
                        epilog="examples:\n  otterlite transcode photo.otl -o photo.jpg --k 1\n"
                               "  otterlite transcode photo.otl -o photo.jpg --models out/ --runtime onnx\n"
                               "(the forward transform is the exported integer one; the JPEG bytes do not depend on "
@@ -259,15 +268,19 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from otterlite.demo import run_demo
 
-        result = run_demo(args.image, args.out, args.n_ch, args.k)
+        if args.codec == "walloc" and args.n_ch is not None:
+            raise OtterliteError("--n-ch applies to FRAPPE (its channel snapshots); WaLLoC has 12 latent channels")
+        result = run_demo(args.image, args.out, args.n_ch, args.k, codec=args.codec)
         return 0 if result["exact"] and result["faithful"] else 1
     elif args.command == "encode":
         refuse_flag("encode", "--seaotter-checkpoint", args.seaotter_checkpoint,
-                    "encode runs the FRAPPE encoder only; its checkpoint is --checkpoint")
+                    "encode runs the sensor encoder only; its checkpoint is --checkpoint")
         refuse_with_models("encode", args, "--checkpoint")
         st = workflow.encode_file(args.image, args.output, args.checkpoint, args.n_ch, args.cache_dir,
-                                  args.runtime, args.models)
-        print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp")
+                                  args.runtime, args.models, args.codec, args.latent_coder)
+        others = "".join(f"; {coder} layout would be {size} bytes ({8 * size / st.pixels:.4f} bpp)"
+                         for coder, size in (st.other_sizes or {}).items())
+        print(f"wrote {st.path}: {st.size} bytes, {st.bpp:.4f} bpp ({args.latent_coder}){others}")
     elif args.command == "transcode":
         refuse_with_models("transcode", args, "--seaotter-checkpoint")
         st = workflow.transcode_file(args.container, args.output, args.k, args.checkpoint,

@@ -3,8 +3,9 @@
 offset  size  field
 0       4     magic b"OTLF"
 4       1     format version (1)
-5       1     latent coder id (1 = adaptive Rice in readout order, see latent_coder.py)
-6       8     model id, ASCII, NUL-padded ("FRAPPE")
+5       1     latent coder id (1 = adaptive Rice in readout order, see latent_coder.py;
+              2 = WaLLoC's published layout: the 12 channels tiled 2x2 as one lossless WebP)
+6       8     codec (model id), ASCII, NUL-padded: "FRAPPE" or "WaLLoC"
 14      32    checkpoint sha256 (raw bytes)
 46      2     original image width  (u16)
 48      2     original image height (u16)
@@ -31,7 +32,8 @@ from otterlite.errors import OtterliteError
 
 MAGIC = b"OTLF"
 VERSION = 1
-MODEL_ID = "FRAPPE"
+CODECS = ("FRAPPE", "WaLLoC")
+CODERS = {"rice": latent_coder.CODER_ID, "webp": latent_coder.WEBP_CODER_ID}
 _HEAD = struct.Struct("<4sBB8s32sHHBB")
 
 
@@ -42,6 +44,8 @@ class LatentFrame:
     height: int
     groups: list[tuple[int, int, int]]  # (ps, start, end)
     latents: list[np.ndarray]  # per group (C, h, w) int8
+    codec: str = "FRAPPE"  # or "WaLLoC" (one group: (8, 0, 12))
+    coder: str = "rice"  # or "webp" (WaLLoC's published layout)
 
     @property
     def n_ch(self) -> int:
@@ -63,9 +67,17 @@ def write_container(frame: LatentFrame) -> bytes:
     for z, shape in zip(frame.latents, frame.shapes()):
         if z.shape != shape or z.dtype != np.int8:
             raise OtterliteError(f"latents of shape {z.shape} {z.dtype}, expected {shape} int8")
+    if frame.codec not in CODECS or frame.coder not in CODERS:
+        raise OtterliteError(f"codec {frame.codec!r} / latent coder {frame.coder!r}: choose from "
+                             f"{', '.join(CODECS)} / {', '.join(CODERS)}")
     hp, _ = frame.padded_size
-    payload = latent_coder.encode_latents(frame.latents, [g[0] for g in frame.groups], hp)
-    head = _HEAD.pack(MAGIC, VERSION, latent_coder.CODER_ID, MODEL_ID.encode().ljust(8, b"\0"),
+    if frame.coder == "webp":
+        if len(frame.latents) != 1:
+            raise OtterliteError("the WebP latent layout holds one 12-channel group (WaLLoC); use the Rice coder")
+        payload = latent_coder.encode_webp(frame.latents[0])
+    else:
+        payload = latent_coder.encode_latents(frame.latents, [g[0] for g in frame.groups], hp)
+    head = _HEAD.pack(MAGIC, VERSION, CODERS[frame.coder], frame.codec.encode().ljust(8, b"\0"),
                       bytes.fromhex(frame.checkpoint_sha256), frame.width, frame.height,
                       frame.n_ch, len(frame.groups))
     groups = b"".join(struct.pack("<BBB", *g) for g in frame.groups)
@@ -84,12 +96,14 @@ def read_header(data: bytes, source: str = "container") -> tuple[LatentFrame, by
     if version != VERSION:
         raise OtterliteError(f"{source}: container format version {version}; this otterlite reads "
                              f"version {VERSION}: upgrade otterlite")
-    if coder != latent_coder.CODER_ID:
+    coders = {v: k for k, v in CODERS.items()}
+    if coder not in coders:
         raise OtterliteError(f"{source}: unknown latent coder id {coder}")
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise OtterliteError(f"{source}: CRC mismatch: the container is truncated or corrupted")
-    if model.rstrip(b"\0").decode("ascii", "replace") != MODEL_ID:
-        raise OtterliteError(f"{source}: model id {model!r}, expected {MODEL_ID}")
+    codec = model.rstrip(b"\0").decode("ascii", "replace")
+    if codec not in CODECS:
+        raise OtterliteError(f"{source}: codec {codec!r}, expected one of {', '.join(CODECS)}")
     pos = _HEAD.size
     groups = [struct.unpack_from("<BBB", data, pos + 3 * i) for i in range(n_groups)]
     pos += 3 * n_groups
@@ -97,11 +111,16 @@ def read_header(data: bytes, source: str = "container") -> tuple[LatentFrame, by
     payload = data[pos + 4: pos + 4 + length]
     if not groups or groups[-1][2] != n_ch or len(payload) != length or pos + 8 + length != len(data):
         raise OtterliteError(f"{source}: inconsistent container header: the file is corrupted")
-    return LatentFrame(sha.hex(), width, height, [tuple(g) for g in groups], []), payload
+    return LatentFrame(sha.hex(), width, height, [tuple(g) for g in groups], [], codec, coders[coder]), payload
 
 
 def read_container(data: bytes, source: str = "container") -> LatentFrame:
     frame, payload = read_header(data, source)
     hp, _ = frame.padded_size
-    frame.latents = latent_coder.decode_latents(payload, frame.shapes(), [g[0] for g in frame.groups], hp)
+    if frame.coder == "webp":
+        if len(frame.groups) != 1:
+            raise OtterliteError(f"{source}: a WebP payload with {len(frame.groups)} groups: the file is corrupted")
+        frame.latents = [latent_coder.decode_webp(payload, frame.shapes()[0])]
+    else:
+        frame.latents = latent_coder.decode_latents(payload, frame.shapes(), [g[0] for g in frame.groups], hp)
     return frame

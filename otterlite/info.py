@@ -27,7 +27,8 @@ def describe(path: str | Path) -> list[str]:
         lines = [f"{path}: otterlite latent container, format v1, {len(data)} bytes, "
                  f"{8 * len(data) / pixels:.4f} bpp",
                  f"  image {frame.width}x{frame.height} (encoded padded {frame.padded_size[1]}x{frame.padded_size[0]})",
-                 f"  FRAPPE checkpoint sha256 {frame.checkpoint_sha256}",
+                 f"  codec {frame.codec}, latent coder {frame.coder}",
+                 f"  {frame.codec} checkpoint sha256 {frame.checkpoint_sha256}",
                  f"  n_ch {frame.n_ch}, scale groups:"]
         for (ps, start, end), z in zip(frame.groups, frame.latents):
             lines.append(f"    patch {ps:>2}: channels {start}..{end - 1}, latents {z.shape}, "

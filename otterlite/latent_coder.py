@@ -146,3 +146,40 @@ def decode_latents(payload: bytes, shapes: list[tuple[int, int, int]], group_ps:
     if (reader.pos + 7) // 8 != len(payload):
         raise OtterliteError("latent payload has trailing bytes: the container is corrupted")
     return latents
+
+
+WEBP_CODER_ID = 2  # WaLLoC's published layout (12 channels in one group only)
+
+
+def encode_webp(latents: np.ndarray) -> bytes:
+    """(12, h, w) int8 -> lossless WebP of the 2x2-tiled RGB image upstream WaLLoC writes:
+    pixel [nh * h + y, nw * w + x, c] = latents[4c + 2nh + nw, y, x] + 128 (uint8)."""
+    import io
+
+    from PIL import Image
+
+    c, h, w = latents.shape
+    if c != 12:
+        raise OtterliteError(f"the WebP latent layout holds 12 channels, got {c}; use the Rice coder")
+    tiles = (latents.astype(np.int16) + 128).astype(np.uint8).reshape(3, 2, 2, h, w)
+    image = tiles.transpose(1, 3, 2, 4, 0).reshape(2 * h, 2 * w, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=100, method=6)
+    return buffer.getvalue()
+
+
+def decode_webp(payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """encode_webp's inverse -> (12, h, w) int8."""
+    import io
+
+    from PIL import Image
+
+    c, h, w = shape
+    try:
+        image = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - Pillow raises several types for bad data
+        raise OtterliteError(f"latent payload is not a readable WebP image ({err}); the container is corrupted") from None
+    if image.shape != (2 * h, 2 * w, 3) or c != 12:
+        raise OtterliteError(f"WebP latents of {image.shape}, expected {(2 * h, 2 * w, 3)}: the container is corrupted")
+    tiles = image.reshape(2, h, 2, w, 3).transpose(4, 0, 2, 1, 3).reshape(12, h, w)
+    return (tiles.astype(np.int16) - 128).astype(np.int8)

@@ -1,14 +1,14 @@
 """The three codec stages as library functions (the CLI is a thin layer over these).
 
-sensor:   image -> FRAPPE encoder -> int8 latents -> .otl container
-cloud:    .otl -> FRAPPE decoder -> RGB -> SEA OTTER forward -> JPEG (learned qtables)
+sensor:   image -> FRAPPE or WaLLoC encoder -> int8 latents -> .otl container (records the codec)
+cloud:    .otl -> that codec's decoder -> RGB -> SEA OTTER forward -> JPEG (learned qtables)
 consumer: JPEG -> libjpeg raw components -> SEA OTTER inverse -> RGB
 """
 from __future__ import annotations
 
 import importlib.util
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,18 +38,30 @@ def check_patch_size(rgb: np.ndarray, big: int) -> None:
                              f"at least {big}x{big} or fewer channels (--n-ch)")
 
 
-def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray) -> LatentFrame:
-    """Pad to the largest patch (edge replication), run the encoder, wrap as a frame."""
-    big = max(g.ps for g in model.groups)
+CODECS = {"frappe": "frappe-encoder", "walloc": "walloc-encoder"}  # --codec -> the encoder's kind
+CODEC_IDS = {"frappe-encoder": "FRAPPE", "walloc-encoder": "WaLLoC"}  # kind -> the container's codec
+KIND_OF_CODEC_ID = {v: k for k, v in CODEC_IDS.items()}
+
+
+def check_codec(codec: str) -> str:
+    """--codec -> the encoder's spec kind."""
+    if codec not in CODECS:
+        raise OtterliteError(f"--codec {codec!r}: choose from {', '.join(CODECS)}")
+    return CODECS[codec]
+
+
+def encode_rgb(model, checkpoint_sha: str, rgb: np.ndarray, kind: str = "frappe-encoder") -> LatentFrame:
+    """Pad to the largest patch (edge replication), run the float encoder, wrap as a frame."""
+    groups = model.latent_groups()
+    big = max(g[0] for g in groups)
     check_patch_size(rgb, big)
     h, w = rgb.shape[:2]
     latents = model.encode(nchw(pad_to_multiple(rgb, big)))
-    return LatentFrame(checkpoint_sha, w, h, [(g.ps, g.start, g.end) for g in model.groups],
-                       [z[0].numpy() for z in latents])
+    return LatentFrame(checkpoint_sha, w, h, groups, [z[0].numpy() for z in latents], CODEC_IDS[kind])
 
 
 def decode_frame(model, frame: LatentFrame) -> np.ndarray:
-    """FRAPPE decode to uint8 RGB, cropped to the original size. The float decoder runs on one
+    """FRAPPE or WaLLoC decode to uint8 RGB, cropped to the original size. The float decoder runs on one
     thread without oneDNN, so its output does not depend on the machine's thread count (with
     oneDNN, 6 to 18 of a 512x512 frame's 786K values differ between 1 and 2 threads; without
     it, 2 values between 1 and 7 threads): a transcode gives the same JPEG bytes on 1 core or
@@ -68,8 +80,9 @@ def decode_frame(model, frame: LatentFrame) -> np.ndarray:
 
 
 def check_frappe_matches(frame: LatentFrame, ckpt, model, source: str) -> None:
+    """The container was encoded by this checkpoint (FRAPPE: and this channel count)."""
     if frame.checkpoint_sha256 != ckpt.sha256:
-        raise OtterliteError(f"{source} was encoded with FRAPPE checkpoint {frame.checkpoint_sha256[:12]}, "
+        raise OtterliteError(f"{source} was encoded with {frame.codec} checkpoint {frame.checkpoint_sha256[:12]}, "
                              f"but {ckpt.source} is {ckpt.sha256[:12]}; pass the same --checkpoint "
                              f"that encoded it")
     if frame.n_ch != model.n_ch:
@@ -82,6 +95,7 @@ class Stage:
     path: Path
     size: int
     pixels: int
+    other_sizes: dict | None = None  # {latent coder: bytes} of the layouts not written (WaLLoC)
 
     @property
     def bpp(self) -> float:
@@ -155,8 +169,8 @@ def deployed_spec(kind: str, models: str | None, checkpoint: str | None = None, 
     if models:
         from otterlite.runtime import load_encoder_spec, load_forward_spec, load_inverse_spec
 
-        load = {"frappe-encoder": load_encoder_spec, "seaotter-forward": load_forward_spec,
-                "seaotter-inverse": load_inverse_spec}[kind]
+        load = {"frappe-encoder": load_encoder_spec, "walloc-encoder": lambda m: load_encoder_spec(m, kind),
+                "seaotter-forward": load_forward_spec, "seaotter-inverse": load_inverse_spec}[kind]
         spec = load(models)
         if kind == "frappe-encoder" and n_ch is not None and n_ch != spec.info.get("n_ch"):
             raise OtterliteError(f"--n-ch {n_ch}, but {models} holds a {spec.info.get('n_ch')}-channel "
@@ -169,9 +183,11 @@ def deployed_spec(kind: str, models: str | None, checkpoint: str | None = None, 
     from otterlite.images import notice
     from otterlite.integer_spec.fidelity import Target
 
-    encoder = kind == "frappe-encoder"
-    spec, ckpt, fidelity = freeze(kind, checkpoint if encoder else None, None if encoder else checkpoint, n_ch,
-                                  "auto", cache_dir, photo_loader(None), Target(), say=lambda line: None)
+    frappe, walloc = kind == "frappe-encoder", kind == "walloc-encoder"
+    seaotter = checkpoint if kind.startswith("seaotter") else None
+    spec, ckpt, fidelity = freeze(kind, checkpoint if frappe else None, seaotter, n_ch, "auto", cache_dir,
+                                  photo_loader(None), Target(), say=lambda line: None,
+                                  walloc_checkpoint=checkpoint if walloc else None)
     if not fidelity["pass"]:
         notice(f"{kind}: {'; '.join(fidelity['failures'])}; 'otterlite export' would refuse this checkpoint")
     return spec, ckpt.source
@@ -185,28 +201,42 @@ def encode_spec(spec, rgb: np.ndarray, runtime: str = "numpy") -> LatentFrame:
     h, w = rgb.shape[:2]
     padded = pad_to_multiple(rgb, big)
     latents = run_deployed(spec, np.ascontiguousarray(padded.transpose(2, 0, 1))[None], runtime)
-    return LatentFrame(spec.source_sha256, w, h, [tuple(g) for g in spec.info["groups"]], [z[0] for z in latents])
+    return LatentFrame(spec.source_sha256, w, h, [tuple(g) for g in spec.info["groups"]], [z[0] for z in latents],
+                       CODEC_IDS[spec.kind])
 
 
 def encode_file(image: str | Path, out: str | Path, checkpoint: str | None = None, n_ch: int | None = None,
-                cache_dir: str | None = None, runtime: str = "numpy", models: str | None = None) -> Stage:
+                cache_dir: str | None = None, runtime: str = "numpy", models: str | None = None,
+                codec: str = "frappe", coder: str = "rice") -> Stage:
     """runtime: numpy | onnx | tflite | torch | c (the integer spec: identical bytes), or float (the
     research float model, which differs from the deployed encoder in about 1% of latents by 1).
-    models: an export DIR whose frappe-encoder.spec is used (numpy alone suffices); otherwise
-    the checkpoint is frozen here as 'otterlite export' does by default (needs torch, and
-    scikit-image for the calibration photos of --weight-bits auto)."""
+    models: an export DIR whose <codec>-encoder.spec is used (numpy alone suffices); otherwise
+    the checkpoint (of --codec: frappe or walloc) is frozen here as 'otterlite export' does by
+    default (needs torch, and scikit-image for the calibration photos of --weight-bits auto).
+    coder: rice (ours) or webp (WaLLoC's published layout); Stage.other_sizes gives the other."""
+    from otterlite.container import CODERS
+
     check_runtime(runtime)
+    kind = check_codec(codec)
+    if coder not in CODERS or (coder == "webp" and kind != "walloc-encoder"):
+        raise OtterliteError(f"--latent-coder {coder}: choose rice, or webp (WaLLoC's layout) with --codec walloc")
+    if n_ch is not None and kind != "frappe-encoder":
+        raise OtterliteError("--n-ch applies to FRAPPE (its channel snapshots); WaLLoC has 12 latent channels")
     rgb = load_rgb(image)
     if runtime == "float":
-        from otterlite.models.checkpoint import load_frappe
+        from otterlite.models.checkpoint import load_encoder_model
 
-        model, ckpt = load_frappe(checkpoint, n_ch, cache_dir)
-        frame = encode_rgb(model, ckpt.sha256, rgb)
+        model, ckpt = load_encoder_model(kind, checkpoint, n_ch, cache_dir, with_decoder=False)
+        frame = encode_rgb(model, ckpt.sha256, rgb, kind)
     else:
-        spec, _ = deployed_spec("frappe-encoder", models, checkpoint, n_ch, cache_dir)
+        spec, _ = deployed_spec(kind, models, checkpoint, n_ch, cache_dir)
         frame = encode_spec(spec, rgb, runtime)
+    frame.coder = coder
     data = write_container(frame)
-    return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1])
+    others = None
+    if kind == "walloc-encoder":
+        others = {c: len(write_container(replace(frame, coder=c))) for c in CODERS if c != coder}
+    return Stage(write_atomic(out, data), len(data), rgb.shape[0] * rgb.shape[1], others)
 
 
 @dataclass
@@ -254,6 +284,7 @@ def forward_from_spec(spec, runtime: str, seaotter_checkpoint: str | None = None
 
 def transcode_bytes(container: bytes, k: int, frappe, frappe_ckpt, forward: ForwardTransform,
                     source: str = "container") -> bytes:
+    """`frappe`, `frappe_ckpt`: the decoder model of the container's codec (FRAPPE or WaLLoC)."""
     frame, _ = read_header(container, source)
     check_frappe_matches(frame, frappe_ckpt, frappe, source)
     frame = read_container(container, source)
@@ -264,19 +295,21 @@ def transcode_bytes(container: bytes, k: int, frappe, frappe_ckpt, forward: Forw
 def transcode_file(container: str | Path, out: str | Path, k: int = 0, checkpoint: str | None = None,
                    seaotter_checkpoint: str | None = None, cache_dir: str | None = None, runtime: str = "numpy",
                    models: str | None = None) -> Stage:
-    """The FRAPPE decoder (the cloud's float model) then the SEA OTTER forward on `runtime`
-    (numpy | onnx | tflite | torch give identical JPEG bytes; float = the float transform)."""
+    """The decoder of the container's codec (FRAPPE or WaLLoC: the cloud's float model;
+    `checkpoint` is that codec's) then the SEA OTTER forward on `runtime` (numpy | onnx |
+    tflite | torch give identical JPEG bytes; float = the float transform)."""
     if importlib.util.find_spec("torch") is None:
-        raise OtterliteError("transcode runs the cloud's FRAPPE decoder, a float torch model, and torch is not "
+        raise OtterliteError("transcode runs the cloud's decoder, a float torch model, and torch is not "
                              "installed; install otterlite[torch] (torch==2.13.0 first)")
-    from otterlite.models.checkpoint import load_frappe
+    from otterlite.models.checkpoint import load_encoder_model
 
     data = read_bytes(container, ".otl container written by 'otterlite encode'")
     frame, _ = read_header(data, str(container))
     forward = forward_transform(runtime, models, seaotter_checkpoint, cache_dir)
     forward.qtable(k)
-    frappe, frappe_ckpt = load_frappe(checkpoint, frame.n_ch, cache_dir)
-    jpeg = transcode_bytes(data, k, frappe, frappe_ckpt, forward, str(container))
+    kind = KIND_OF_CODEC_ID[frame.codec]
+    model, ckpt = load_encoder_model(kind, checkpoint, frame.n_ch if kind == "frappe-encoder" else None, cache_dir)
+    jpeg = transcode_bytes(data, k, model, ckpt, forward, str(container))
     return Stage(write_atomic(out, jpeg), len(jpeg), frame.width * frame.height)
 
 

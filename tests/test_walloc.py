@@ -243,3 +243,75 @@ def test_streaming_and_firmware_refuse_walloc_clearly(walloc_spec, tmp_path):
     with pytest.raises(OtterliteError, match="FRAPPE specs only"):
         generate(walloc_spec, tmp_path / "fw")
     assert not (tmp_path / "fw").exists()
+
+
+def test_container_records_the_codec_and_both_latent_layouts_round_trip():
+    from otterlite.container import LatentFrame, read_container, write_container
+
+    z = np.random.default_rng(5).integers(-127, 128, (12, 8, 12)).astype(np.int8)
+    for coder in ("rice", "webp"):
+        data = write_container(LatentFrame("ab" * 32, 90, 60, [(8, 0, 12)], [z], "WaLLoC", coder))
+        back = read_container(data)
+        assert (back.codec, back.coder, back.width, back.height) == ("WaLLoC", coder, 90, 60)
+        assert (back.latents[0] == z).all()
+    # upstream's tiling: channel 4c + 2 nh + nw at tile (nh, nw) of RGB channel c
+    from io import BytesIO
+
+    from PIL import Image
+
+    from otterlite.latent_coder import encode_webp
+    image = np.asarray(Image.open(BytesIO(encode_webp(z))))
+    assert (image[8:16, 0:12, 2].astype(int) - 128 == z[4 * 2 + 2 * 1 + 0]).all()
+    with pytest.raises(OtterliteError, match="one 12-channel group"):
+        write_container(LatentFrame("ab" * 32, 16, 16, [(8, 0, 6), (16, 6, 12)],
+                                    [z[:6, :2, :2], z[6:, :1, :1]], "FRAPPE", "webp"))
+
+
+def test_encode_transcode_decode_with_walloc(tmp_path, capsys):
+    """The embedded default WaLLoC through the workflow: every integer runtime writes the same
+    container, the WebP layout holds the same latents, transcode picks the codec from the
+    container, and the float encoder is within 1 LSB of the deployed one."""
+    from otterlite.cli import main
+    from otterlite.container import read_container
+    from otterlite.images import load_rgb, psnr, sample_photo
+
+    photo = tmp_path / "p.png"
+    from PIL import Image
+    Image.fromarray(load_rgb(sample_photo("astronaut.png"))[100:300, 50:290]).save(photo)  # 240x200: padded to 8
+    models = tmp_path / "models"
+    assert main(["export", "walloc-encoder", "seaotter-forward", "seaotter-inverse", "--format", "onnx,tflite",
+                 "-o", str(models)]) == 0
+    outputs = {}
+    for runtime in ("numpy", "onnx", "tflite", "torch"):
+        out = tmp_path / f"{runtime}.otl"
+        assert main(["encode", str(photo), "-o", str(out), "--codec", "walloc", "--models", str(models),
+                     "--runtime", runtime]) == 0
+        outputs[runtime] = out.read_bytes()
+    assert len(set(outputs.values())) == 1
+    assert "webp layout would be" in capsys.readouterr().out
+    assert main(["encode", str(photo), "-o", str(tmp_path / "w.otl"), "--codec", "walloc", "--latent-coder", "webp",
+                 "--models", str(models)]) == 0
+    rice, webp = read_container(outputs["numpy"]), read_container((tmp_path / "w.otl").read_bytes())
+    assert rice.codec == webp.codec == "WaLLoC" and (rice.latents[0] == webp.latents[0]).all()
+    assert main(["encode", str(photo), "-o", str(tmp_path / "f.otl"), "--codec", "walloc", "--runtime", "float"]) == 0
+    floats = read_container((tmp_path / "f.otl").read_bytes()).latents[0].astype(int)
+    assert np.abs(floats - rice.latents[0]).max() <= 1 and (floats == rice.latents[0]).mean() > 0.98
+    assert main(["info", str(tmp_path / "w.otl")]) == 0
+    assert "codec WaLLoC, latent coder webp" in capsys.readouterr().out
+    jpgs = []
+    for name in ("numpy.otl", "w.otl"):
+        jpg = tmp_path / f"{name}.jpg"
+        assert main(["transcode", str(tmp_path / name), "-o", str(jpg), "--models", str(models)]) == 0
+        jpgs.append(jpg.read_bytes())
+    assert jpgs[0] == jpgs[1]
+    assert main(["decode", str(tmp_path / "numpy.otl.jpg"), "-o", str(tmp_path / "d.png"), "--models", str(models)]) == 0
+    final = load_rgb(tmp_path / "d.png")
+    assert final.shape == (200, 240, 3) and psnr(load_rgb(photo), final) > 18
+    capsys.readouterr()
+    assert main(["encode", str(photo), "-o", str(tmp_path / "x.otl"), "--codec", "walloc", "--n-ch", "3"]) == 2
+    assert main(["encode", str(photo), "-o", str(tmp_path / "x.otl"), "--latent-coder", "webp"]) == 2
+    assert main(["encode", str(photo), "-o", str(tmp_path / "x.otl"), "--codec", "walloc", "--models", str(models),
+                 "--runtime", "c"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-ch applies to FRAPPE" in err and "--latent-coder webp" in err and "does not run the walloc" in err
+    assert not (tmp_path / "x.otl").exists()

@@ -143,7 +143,7 @@ def freeze_walloc_encoder(model, source_sha256: str, weight_bits: int = WALLOC_W
                                    c.stride, pad, (0, c.latent_dim), "wrap")
     spec = ThresholdConvSpec("walloc-encoder", [stage], -127, "int8", source_sha256,
                              {"weight_bits": [weight_bits], "n_ch": c.latent_dim, "J": c.J,
-                              "kernel": int(kernel.shape[-1])})
+                              "kernel": int(kernel.shape[-1]), "groups": [[c.stride, 0, c.latent_dim]]})
     return check_bound(spec, INT32_LIMIT, "walloc-encoder")
 
 

@@ -302,7 +302,7 @@ def threshold_conv_spec(meta: dict, arrays: dict, bad) -> ThresholdConvSpec:
 def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
     """The info fields the runtimes read: an encoder's scale groups (as its stages) and
     channel count; a forward transform's qtables (K x 3 x 64 ints in 1..255), when present."""
-    if kind == "frappe-encoder":
+    if kind in ENCODER_KINDS:
         groups = info.get("groups")
         if not isinstance(groups, list) or [list(g) if isinstance(g, list) else g for g in groups] != \
                 [[s.stride, *s.channels] for s in stages] or not is_int(info.get("n_ch"), 1, 4096):

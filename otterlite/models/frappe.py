@@ -291,6 +291,10 @@ class FrappeModel(nn.Module):
                                      f"config.json ({detail}); check the config belongs to this "
                                      f"weights file") from None
 
+    def latent_groups(self) -> list[tuple[int, int, int]]:
+        """(patch, first channel, end channel) per scale group, as the container records them."""
+        return [(g.ps, g.start, g.end) for g in self.groups]
+
     def sensor_encoder(self) -> FrappeEncoder:
         return self.encoder
 

@@ -244,6 +244,14 @@ class WallocModel(nn.Module):
         self.encoder = nn.Sequential(nn.Conv2d(bands, config.latent_dim, 1), ToUniform(config))
         self.decoder = nn.Sequential(ToNormal(config), make_decoder(config)) if with_decoder else None
 
+    def latent_groups(self) -> list[tuple[int, int, int]]:
+        """One group: (2^J, 0, latent_dim), as the container records it."""
+        return [(self.config.stride, 0, self.config.latent_dim)]
+
+    @property
+    def n_ch(self) -> int:
+        return self.config.latent_dim
+
     def sensor_encoder(self) -> WallocEncoder:
         return WallocEncoder(self.wt, self.encoder, self.config)
 
