@@ -32,7 +32,7 @@ from otterlite.runtime import (ConsumerDecoder, apply_forward, apply_inverse, lo
                                load_inverse_spec)
 from otterlite.integer_spec.types import load_spec  # noqa: E402
 from otterlite.workflow import encode_spec, transcode_file  # noqa: E402
-from published import SMALL_FRAPPE, write_frappe  # noqa: E402
+from published import SMALL_FRAPPE, WALLOC_CONFIG, walloc_state, write_frappe, write_walloc  # noqa: E402
 
 SECONDS = float(os.environ.get("OTTERLITE_FUZZ_SECONDS", "3"))
 CASES = Path(__file__).with_name("fuzz_cases")
@@ -68,12 +68,14 @@ def mutate(rng: np.random.Generator, data: bytes) -> bytes:
 def build_corpus(out: Path, photo: np.ndarray) -> Path:
     """Real artifacts in `out`: a 64x64 export (specs, ONNX, TFLite, manifest), a .otl, a SEA
     OTTER JPEG, and a small one-snapshot FRAPPE checkpoint in the published format."""
-    export(["frappe-encoder", "seaotter-inverse", "seaotter-forward"], ["onnx", "tflite"], out, input_size="64x64",
-           say=lambda line: None)
+    export(["frappe-encoder", "walloc-encoder", "seaotter-inverse", "seaotter-forward"], ["onnx", "tflite"], out,
+           input_size="64x64", say=lambda line: None)
     frame = encode_spec(load_encoder_spec(out), np.ascontiguousarray(photo[:64, :96]), "numpy")
     (out / "a.otl").write_bytes(write_container(frame))
     transcode_file(out / "a.otl", out / "a.jpg", models=str(out))
     write_frappe(out / "frappe-checkpoint", FUZZ_FRAPPE, snapshots=[2])  # a small file: fast mutations
+    walloc = walloc_state(WALLOC_CONFIG)
+    write_walloc(out / "walloc-checkpoint", state={k: v for k, v in walloc.items() if not k.startswith("decoder.")})
     return out
 
 
@@ -87,7 +89,7 @@ def run_spec_blob(data: bytes) -> None:
     """Load a spec and run it on a tiny frame with the numpy runtime, as encode / decode would."""
     spec = load_spec(data, "fuzzed.spec")
     image = np.full((5, 7, 3), 200, np.uint8)
-    if spec.kind == "frappe-encoder":
+    if spec.kind in ("frappe-encoder", "walloc-encoder"):
         if spec.largest_stride <= 64:
             encode_spec(spec, np.zeros((64, 64, 3), np.uint8), "numpy")
     elif spec.kind == "seaotter-inverse":
@@ -123,10 +125,13 @@ def readers(corpus):
             load(str(folder))
         return read, seed_folder / name
 
-    from otterlite.models.checkpoint import load_frappe, load_seaotter
+    from otterlite.models.checkpoint import load_frappe, load_seaotter, load_walloc
 
-    frappe = corpus / "frappe-checkpoint"
+    frappe, walloc = corpus / "frappe-checkpoint", corpus / "walloc-checkpoint"
     return {
+        "walloc-config": checkpoint_file(walloc, "RGB_16x.json", lambda f: load_walloc(f, with_decoder=False)),
+        "walloc-pth": checkpoint_file(walloc, "RGB_16x.pth", lambda f: load_walloc(f, with_decoder=False)),
+        "spec-walloc": (run_spec_blob, corpus / "walloc-encoder.spec"),
         "seaotter-config": checkpoint_file(DEFAULT_SEAOTTER, "config.json", load_seaotter),
         "seaotter-safetensors": checkpoint_file(DEFAULT_SEAOTTER, "seaotter_jpeg_pytorch_model.safetensors",
                                                 load_seaotter),
@@ -145,8 +150,9 @@ def readers(corpus):
     }
 
 
-READERS = ("spec-encoder", "spec-inverse", "spec-forward", "otl", "jpeg", "manifest", "tflite", "onnx",
-           "seaotter-config", "seaotter-safetensors", "frappe-config", "frappe-safetensors")
+READERS = ("spec-encoder", "spec-walloc", "spec-inverse", "spec-forward", "otl", "jpeg", "manifest", "tflite", "onnx",
+           "seaotter-config", "seaotter-safetensors", "frappe-config", "frappe-safetensors", "walloc-config",
+           "walloc-pth")
 DEFAULT_SEAOTTER = Path(__file__).resolve().parents[1] / "otterlite" / "models" / "defaults" / "seaotter"
 
 

@@ -227,7 +227,8 @@ def export(models: list[str], formats: list[str], out_dir: str | Path, checkpoin
         if f not in FORMATS:
             raise OtterliteError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
     check_flags(models, {"--checkpoint": checkpoint, "--seaotter-checkpoint": seaotter_checkpoint,
-                         "--walloc-checkpoint": walloc_checkpoint, "--n-ch": n_ch, "--weight-bits": weight_bits, "--calibration": calibration, "--k": k,
+                         "--walloc-checkpoint": walloc_checkpoint, "--n-ch": n_ch, "--weight-bits": weight_bits,
+                         "--calibration": calibration, "--k": k,
                          **(given or {})})
     weight_bits = parse_weight_bits(weight_bits)
     target = target or Target()

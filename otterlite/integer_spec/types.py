@@ -308,8 +308,10 @@ def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
                 [[s.stride, *s.channels] for s in stages] or not is_int(info.get("n_ch"), 1, 4096):
             raise bad(f"info groups {str(groups)[:60]} do not match the stages, or n_ch {info.get('n_ch')!r:.20}")
     if kind == "walloc-encoder" and (len(stages) != 1 or stages[0].border != "wrap"
-                                     or not is_int(info.get("J"), 1, 8) or stages[0].stride != 2 ** info["J"]):
-        raise bad(f"a walloc-encoder spec has one wrap-around stage of stride 2^J (J {info.get('J')!r:.20})")
+                                     or not is_int(info.get("J"), 1, 8) or stages[0].stride != 2 ** info["J"]
+                                     or stages[0].weights.shape[-1] != 2 * stages[0].pad + 1):
+        raise bad(f"a walloc-encoder spec has one wrap-around stage of stride 2^J and kernel 2 pad + 1 "
+                  f"(J {info.get('J')!r:.20})")
     qtables = info.get("qtables")
     if kind == "seaotter-forward" and qtables is not None:
         if not isinstance(qtables, list) or not all(

@@ -122,6 +122,18 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                              f"the file is truncated or corrupted: download it again") from None
 
 
+def read_config(path: Path) -> tuple[dict, bytes]:
+    """A checkpoint's JSON config -> (the object, its bytes for the checkpoint hash)."""
+    data = path.read_bytes()
+    try:
+        config = json.loads(data)
+        if not isinstance(config, dict):
+            raise ValueError("top level is not an object")
+    except ValueError as err:
+        raise OtterliteError(f"{path}: not valid JSON ({err}); fix or replace the file") from None
+    return config, data
+
+
 def read_checkpoint(source: str | None, fmt: Format, cache_dir: str | None = None) -> Checkpoint:
     """Resolve `source` and read its config.json and safetensors weights."""
     source = source or "default"
@@ -141,13 +153,8 @@ def read_checkpoint(source: str | None, fmt: Format, cache_dir: str | None = Non
     for path in (config_path, weights_path):
         if not path.is_file():
             raise OtterliteError(f"{fmt.name} checkpoint {source}: missing {path.name} in {folder}")
-    config_bytes, weights_bytes = config_path.read_bytes(), weights_path.read_bytes()
-    try:
-        config = json.loads(config_bytes)
-        if not isinstance(config, dict):
-            raise ValueError("top level is not an object")
-    except ValueError as err:
-        raise OtterliteError(f"{config_path}: not valid JSON ({err}); fix or replace the file") from None
+    config, config_bytes = read_config(config_path)
+    weights_bytes = weights_path.read_bytes()
     tensors = read_safetensors(weights_path)
     digest = hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()
     return Checkpoint(config, tensors, digest, str(folder))
@@ -306,13 +313,8 @@ def load_walloc(source: str | None = None, cache_dir: str | None = None, with_de
 
     source = source or "default"
     json_path, pth_path = walloc_files(walloc_source(source, cache_dir), source)
-    config_bytes, weights_bytes = json_path.read_bytes(), pth_path.read_bytes()
-    try:
-        raw = json.loads(config_bytes)
-        if not isinstance(raw, dict):
-            raise ValueError("top level is not an object")
-    except ValueError as err:
-        raise OtterliteError(f"{json_path}: not valid JSON ({err}); fix or replace the file") from None
+    raw, config_bytes = read_config(json_path)
+    weights_bytes = pth_path.read_bytes()
     config = WallocConfig.from_dict(raw, str(json_path))
     state = read_walloc_state(pth_path)
     model = WallocModel(config, with_decoder=with_decoder)
