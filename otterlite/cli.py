@@ -28,14 +28,18 @@ checkpoints: 'default' (embedded), a directory with config.json + safetensors, o
 hub:REPO/SUBDIR[@REVISION] (needs network; offline, download elsewhere and pass the directory)"""
 
 
+SENSOR_CHECKPOINT_HELP = ("{which} checkpoint (default: embedded): FRAPPE default | DIR | hub:REPO/SUBDIR[@REV]; "
+                          "WaLLoC default | DIR (NAME.json + NAME.pth) | hub:OWNER/REPO[/NAME][@REV]")
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser, frappe: bool = True, seaotter: bool = False,
-                        defaults: bool = True, walloc: bool = False) -> None:
+                        defaults: bool = True, walloc: bool = False, sensor_help: str | None = None) -> None:
     """--checkpoint (FRAPPE), --seaotter-checkpoint and --walloc-checkpoint; a command without one of them still
     accepts the flag, to refuse it with the name of the flag that was meant (refuse_flag).
     defaults=False leaves them None, so the command can tell 'not given' from 'default'."""
     default = "default" if defaults else None
     p.add_argument("--checkpoint", default=default if frappe else None,
-                   help="FRAPPE checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
+                   help=(sensor_help or "FRAPPE checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)")
                    if frappe else argparse.SUPPRESS)
     p.add_argument("--seaotter-checkpoint", default=default if seaotter else None,
                    help="SEA OTTER checkpoint: default | DIR | hub:REPO/SUBDIR[@REV] (default: embedded)"
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ch", type=int, default=None, help="FRAPPE latent channels 1..n_trained (default: n_trained)")
     add_runtime_args(p, "frappe-encoder", "numpy (streaming sensor runtime, default), onnx, tflite, torch (integer "
                      "reference), c (the generated C, compiled on the fly)")
-    add_checkpoint_args(p, defaults=False)
+    add_checkpoint_args(p, defaults=False, sensor_help=SENSOR_CHECKPOINT_HELP.format(which="--codec's"))
 
     p = sub.add_parser("transcode", help="cloud: .otl -> its codec's decoder (FRAPPE or WaLLoC, float) -> SEA OTTER "
                        "forward -> JPEG (--checkpoint: that codec's checkpoint)",
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .jpg file")
     p.add_argument("--k", type=int, default=0, help="operating point (qtable index, default 0)")
     add_runtime_args(p, "seaotter-forward", "numpy (default), onnx, tflite, torch (integer reference)")
-    add_checkpoint_args(p, seaotter=True, defaults=False)
+    add_checkpoint_args(p, seaotter=True, defaults=False,
+                        sensor_help=SENSOR_CHECKPOINT_HELP.format(which="the container's codec's"))
 
     p = sub.add_parser("transcode-batch", help="cloud, at fleet scale: many .otl containers -> JPEGs on Ray Data "
                        "(local by default, or a Ray cluster)",

@@ -13,6 +13,9 @@ in float64 (the streaming encoder), and exact in float32 wherever the bound of o
 loaded; float64 where it is not). Phase sums are added in float64 or int32, exact as well.
 Between rows the streaming encoder keeps one accumulator row per group and its row buffer.
 
+WaLLoC's spec (one 57x57 stride-8 stage whose border wraps around) runs in whole-frame mode
+only (WrapStage); the streaming encoder refuses it.
+
 Sizes that are not multiples of the largest patch are padded by edge replication to the
 right (each row) and at the bottom (the last row repeated by `finish`), as `otterlite
 encode` does, so every image size the model accepts gives the reference's latents.
@@ -51,7 +54,7 @@ class WrapStage:
     float64 otherwise; the rows u summed in float64 (below 2^31: exact)."""
 
     def __init__(self, stage):
-        self.stage, self.k, self.s, self.p = stage, stage.weights.shape[-1], stage.stride, stage.pad
+        self.k, self.s, self.p = stage.weights.shape[-1], stage.stride, stage.pad
         w = stage.weights.astype(np.int64)  # (C, 3, K, K) -> per u (3K, C) in (ch, v) order
         rows = w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0])
         bounds = 255 * np.abs(rows).sum(axis=1).max(axis=1)
