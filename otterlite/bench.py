@@ -10,6 +10,10 @@ integer backend's output is also checked against the first one's, so "fastest ex
 exact on this very input. One thread everywhere: torch, onnxruntime, LiteRT, and the BLAS
 under numpy (threadpoolctl).
 
+WaLLoC (embedded default): its exact encoder (the composed 57x57 stride-8 spec export writes
+by default) on numpy, onnxruntime and LiteRT against the torch float WaLLoC encoder (the
+wavelet packet cascade + 1x1 conv) in the same rounds, each checked against numpy's latents.
+
 Two references beside torch float, built and timed in the same run:
 - memory-read: one vectorized pass that only reads the frame (numpy's max over it as
   uint64), the limit of any encoder that reads every pixel once; each encoder's figure is
@@ -30,6 +34,7 @@ import numpy as np
 
 SIZES = ((512, 512), (1088, 1920))
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
+WALLOC_ENCODERS = ("numpy", "ort-O3-t1", "litert")  # the fast exact backends of the wrap-around spec
 
 
 def steady_allocator() -> None:
@@ -132,7 +137,57 @@ def bench(repeats: int = 5, say=print, sizes=SIZES) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        return bench_one_thread(repeats, say, sizes)
+        result = bench_one_thread(repeats, say, sizes)
+        result["walloc"] = bench_walloc(repeats, say, sizes)
+        return result
+
+
+def bench_walloc(repeats: int, say, sizes) -> dict:
+    """{backend: {"sizes": {WxH: figures}} + the figures at the last size} for WaLLoC."""
+    import tempfile
+
+    import torch
+
+    from otterlite.backends import BACKENDS
+    from otterlite.export import build, freeze, photo_loader
+    from otterlite.integer_spec.fidelity import Target
+    from otterlite.models.checkpoint import load_walloc
+
+    model, _ = load_walloc(with_decoder=False)
+    spec, _, _ = freeze("walloc-encoder", None, None, None, "auto", None, photo_loader(None), Target(),
+                        say=lambda line: None)
+    available = [b for b in WALLOC_ENCODERS if not BACKENDS[b].missing()]
+    table = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for height, width in sizes:
+            size = f"{width}x{height}"
+            rgb = photo(height, width)
+            x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+            encoder = model.sensor_encoder()
+            runs, exact, reference = {"torch-float": lambda: encoder(torch.from_numpy(x))}, {"torch-float": None}, None
+            for name in available:
+                backend = BACKENDS[name]
+                path = Path(tmp) / f"walloc-{size}.{backend.artifact}"
+                if backend.artifact != "spec":
+                    path.write_bytes(build(spec, backend.artifact, height, width))
+                run = backend.load(path, spec)
+                runs[name] = (lambda run=run: run.nhwc(np.ascontiguousarray(rgb)[None])) if hasattr(run, "nhwc") \
+                    else (lambda run=run: run(x))
+                outputs = run(x)
+                reference = reference or outputs
+                exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
+            say(f"walloc {size}: timing torch-float and {len(available)} exact backends, {repeats} rounds")
+            with torch.no_grad():
+                seconds = best_times(runs, repeats)
+            for name, t in seconds.items():
+                fig = {"mpx_s": height * width / 1e6 / t, "vs_torch_float": seconds["torch-float"] / t,
+                       "exact": exact[name]}
+                table.setdefault(name, {"sizes": {}})["sizes"][size] = fig
+                say(f"    walloc encoder {name} {size}: {fig['mpx_s']:.1f} MPx/s, {fig['vs_torch_float']:.2f}x torch float")
+    goal = f"{sizes[-1][1]}x{sizes[-1][0]}"
+    for fig in table.values():
+        fig.update({k: v for k, v in fig["sizes"][goal].items() if k != "exact"})
+    return {"encoder": table, "weight_bits": spec.info["weight_bits"], "figures_at": goal}
 
 
 def bench_one_thread(repeats: int, say, sizes) -> dict:
@@ -260,5 +315,11 @@ def summary(result: dict) -> list[str]:
         lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode")
     lines.append(f"  consumer numpy: its 2^24-entry table took {result['consumer_table_build_s']:.2f} s to build; "
                  f"'otterlite decode' (one JPEG) runs numpy-formula")
+    walloc = result.get("walloc")
+    if walloc:
+        lines.append(f"WaLLoC at {walloc['figures_at']}, 1 thread, weight bits {walloc['weight_bits']} "
+                     f"(57x57 stride-8 wrap-around spec):")
+        for name, fig in walloc["encoder"].items():
+            lines.append(f"  encoder {name:<17} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float")
     return lines
 
