@@ -104,10 +104,10 @@ def load_numpy_frame(path: Path, spec):
 
 
 def load_numpy_streaming(path: Path, spec):
-    from otterlite.runtime import StreamingEncoder
+    from otterlite.runtime import streaming_encoder
 
-    run = hwc_runner(lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).encode(rgb))
-    return with_probe(run, lambda rgb: StreamingEncoder(spec, rgb.shape[1], rgb.shape[0]).trace(rgb))
+    run = hwc_runner(lambda rgb: streaming_encoder(spec, rgb.shape[1], rgb.shape[0]).encode(rgb))
+    return with_probe(run, lambda rgb: streaming_encoder(spec, rgb.shape[1], rgb.shape[0]).trace(rgb))
 
 
 def with_probe(run: Callable, accumulators: Callable) -> Callable:
@@ -370,7 +370,7 @@ NUMPY = module("numpy", "pip install numpy")
 BACKENDS: dict[str, Backend] = {
     "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
     "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame),
-    "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ("frappe-encoder",)),
+    "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ENCODER_KINDS),
     "c": Backend("c", "spec", c_ready(None), c_loader(None), ("frappe-encoder",)),
     "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, ("frappe-encoder", "seaotter-inverse")),
 }

@@ -34,7 +34,7 @@ import numpy as np
 
 SIZES = ((512, 512), (1088, 1920))
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
-WALLOC_ENCODERS = ("numpy", "ort-O3-t1", "litert")  # the fast exact backends of the wrap-around spec
+WALLOC_ENCODERS = ("numpy", "numpy-streaming", "ort-O3-t1", "litert")  # exact backends of the wrap-around spec
 
 
 def steady_allocator() -> None:
@@ -152,6 +152,7 @@ def bench_walloc(repeats: int, say, sizes) -> dict:
     from otterlite.export import build, freeze, photo_loader
     from otterlite.integer_spec.fidelity import Target
     from otterlite.models.checkpoint import load_walloc
+    from otterlite.runtime import streaming_encoder
 
     model, _ = load_walloc(with_decoder=False)
     spec, _, _ = freeze("walloc-encoder", None, None, None, "auto", None, photo_loader(None), Target(),
@@ -187,7 +188,10 @@ def bench_walloc(repeats: int, say, sizes) -> dict:
     goal = f"{sizes[-1][1]}x{sizes[-1][0]}"
     for fig in table.values():
         fig.update({k: v for k, v in fig["sizes"][goal].items() if k != "exact"})
-    return {"encoder": table, "weight_bits": spec.info["weight_bits"], "figures_at": goal}
+    streaming = streaming_encoder(spec, sizes[-1][1], sizes[-1][0])
+    streaming.encode(photo(*sizes[-1]))
+    return {"encoder": table, "weight_bits": spec.info["weight_bits"], "figures_at": goal,
+            "streaming_state_bytes": streaming.state_bytes}
 
 
 def bench_one_thread(repeats: int, say, sizes) -> dict:
@@ -318,7 +322,7 @@ def summary(result: dict) -> list[str]:
     walloc = result.get("walloc")
     if walloc:
         lines.append(f"WaLLoC at {walloc['figures_at']}, 1 thread, weight bits {walloc['weight_bits']} "
-                     f"(57x57 stride-8 wrap-around spec):")
+                     f"(57x57 stride-8 wrap-around spec; streaming working memory {walloc['streaming_state_bytes']} B):")
         for name, fig in walloc["encoder"].items():
             lines.append(f"  encoder {name:<17} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_torch_float']:5.2f}x torch float")
     return lines

@@ -211,6 +211,7 @@ def test_bench_figures_on_a_small_frame():
     assert 0.5 < result["peer_equal_share"]["96x64"] <= 1 and "ort-qdq-int8-peer" in encoders
     assert 0.9 < result["fidelity_at"]["96x64"]["exact_equal_share"] <= 1
     walloc = result["walloc"]["encoder"]
-    assert {"torch-float", "numpy"} <= set(walloc) and walloc["torch-float"]["vs_torch_float"] == 1.0
+    assert {"torch-float", "numpy", "numpy-streaming"} <= set(walloc) and walloc["torch-float"]["vs_torch_float"] == 1.0
+    assert result["walloc"]["streaming_state_bytes"] > 0
     assert all(fig["mpx_s"] > 0 and fig["sizes"]["96x64"]["exact"] is not False for fig in walloc.values())
     assert any(line.startswith("WaLLoC at 96x64") for line in bench.summary(result))

@@ -13,8 +13,8 @@ in float64 (the streaming encoder), and exact in float32 wherever the bound of o
 loaded; float64 where it is not). Phase sums are added in float64 or int32, exact as well.
 Between rows the streaming encoder keeps one accumulator row per group and its row buffer.
 
-WaLLoC's spec (one 57x57 stride-8 stage whose border wraps around) runs in whole-frame mode
-only (WrapStage); the streaming encoder refuses it.
+WaLLoC's spec (one 57x57 stride-8 stage whose border wraps around) runs as a whole frame
+(WrapStage) or row by row (WrapStreamingEncoder).
 
 Sizes that are not multiples of the largest patch are padded by edge replication to the
 right (each row) and at the bottom (the last row repeated by `finish`), as `otterlite
@@ -97,6 +97,110 @@ class PatchGroup:
         return count_levels(self.thresholds, acc)
 
 
+class WrapStreamingEncoder:
+    """WaLLoC's spec row by row, with StreamingEncoder's push / finish / encode / trace.
+    Image row r (of the padded frame, H rows) is row t = r + m*H of the wrapped frame for
+    every m with -p <= t < H + p; it adds W[:, :, u, :] . windows(row) to each latent row i
+    with u = t - (s*i - p) in 0..K-1, and latent row i is counted once all K of its kernel
+    rows are in. So latent rows 0..3 (whose windows start above the frame) complete with
+    the frame's last rows, and the bottom ones (which read rows 0..p - s) are started by the
+    first rows: their accumulators stay open, no image row is kept. Products in float64
+    (every partial sum an integer below 2^31: exact)."""
+
+    def __init__(self, spec: ThresholdConvSpec, width: int, height: int):
+        check_encoder_spec(spec)
+        stage = spec.stages[0]
+        self.k, self.s, self.p = stage.weights.shape[-1], stage.stride, stage.pad
+        self.width, self.height = width, height
+        self.padded_height, self.padded_width = spec.padded_size(height, width)
+        self.rows_out, self.cols_out = self.padded_height // self.s, self.padded_width // self.s
+        w = stage.weights.astype(np.float64)  # per kernel row u: (3K, C) in (ch, v) order
+        self.weights = np.ascontiguousarray(w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0]))
+        self.thresholds, self.base = stage.thresholds, spec.base
+        self.cols = np.concatenate([np.arange(a, b) for a, b in wrap_runs(self.padded_width, self.p)])
+        self.row_buffer = np.zeros((self.padded_width, 3), np.float64)
+        self.traced, self.peak_open = None, 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.open, self.counts, self.row = {}, {}, 0
+
+    @property
+    def state_bytes(self) -> int:
+        """Most accumulator rows open at once so far (float64) plus the row buffer."""
+        return self.peak_open * self.cols_out * self.weights.shape[2] * 8 + self.row_buffer.nbytes
+
+    def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
+            got = f"{row.dtype} {row.shape}" if isinstance(row, np.ndarray) else type(row).__name__
+            raise OtterliteError(f"row {self.row}: expected uint8 ({self.width}, 3), got {got}")
+        if self.row >= self.height:
+            self.reset()
+            raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded")
+        self.row_buffer[: self.width] = row
+        self.row_buffer[self.width:] = row[-1]
+        return self._accumulate()
+
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+        if self.row < self.height:
+            done = self.row
+            self.reset()
+            raise OtterliteError(f"frame ended after {done} of {self.height} rows; frame discarded")
+        out = []
+        while self.row < self.padded_height:
+            out += self._accumulate()  # the row buffer still holds the last row
+        self.reset()
+        return out
+
+    def _accumulate(self) -> list[tuple[int, int, np.ndarray]]:
+        r, n, s, p, k = self.row, self.padded_height, self.s, self.p, self.k
+        windows = np.lib.stride_tricks.sliding_window_view(self.row_buffer[self.cols], k, axis=0)
+        windows = windows[: s * self.cols_out: s].reshape(self.cols_out, 3 * k)  # (w, (ch, v))
+        done = []
+        for t in range(r - n * (-(-(r + p) // n)), n + p, n):  # every wrapped copy t of row r
+            if t < -p:
+                continue
+            for i in range(max(0, -(-(t + p - k + 1) // s)), min(self.rows_out - 1, (t + p) // s) + 1):
+                acc = self.open.setdefault(i, np.zeros((self.cols_out, self.weights.shape[2])))
+                acc += windows @ self.weights[t - (s * i - p)]
+                self.counts[i] = self.counts.get(i, 0) + 1
+        self.peak_open = max(self.peak_open, len(self.open))
+        for i in [i for i, c in self.counts.items() if c == k]:
+            acc = self.open.pop(i)
+            del self.counts[i]
+            if self.traced is not None:
+                self.traced[0][:, i] = acc.T
+            done.append((0, i, count_levels(self.thresholds, acc, self.base)))
+        self.row += 1
+        return done
+
+    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """A whole (H, W, 3) frame through the streaming path -> [(C, h, w) int8]."""
+        latents = np.empty((self.weights.shape[2], self.rows_out, self.cols_out), np.int8)
+        rows = []
+        for r in range(rgb.shape[0]):
+            rows += self.push(rgb[r])
+        for _, i, z in rows + self.finish():
+            latents[:, i] = z
+        return [latents]
+
+    def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
+        self.traced = [np.zeros((self.weights.shape[2], self.rows_out, self.cols_out), np.int64)]
+        try:
+            self.encode(rgb)
+            return self.traced
+        finally:
+            self.traced = None
+
+
+def streaming_encoder(spec: ThresholdConvSpec, width: int, height: int):
+    """The row-by-row encoder of an encoder spec: StreamingEncoder (FRAPPE) or
+    WrapStreamingEncoder (WaLLoC)."""
+    check_encoder_spec(spec)
+    cls = WrapStreamingEncoder if spec.kind == "walloc-encoder" else StreamingEncoder
+    return cls(spec, width, height)
+
+
 class StreamingEncoder:
     """Push one (W, 3) uint8 row at a time; each push returns the latent rows it completed as
     (group index, latent row index, (C, W/k) int8). `finish()` completes the frame."""
@@ -104,9 +208,8 @@ class StreamingEncoder:
     def __init__(self, spec: ThresholdConvSpec, width: int, height: int):
         check_encoder_spec(spec)
         if spec.kind != "frappe-encoder":
-            raise OtterliteError(f"the streaming encoder runs FRAPPE specs only, not {spec.kind}: its wrap-around "
-                                 f"border needs the frame's last rows before the first latent row; use "
-                                 f"encode_frame (--runtime numpy)")
+            raise OtterliteError(f"StreamingEncoder runs FRAPPE specs only, not {spec.kind}; use "
+                                 f"streaming_encoder(), which gives WrapStreamingEncoder for it")
         self.big = spec.largest_stride
         if width < self.big or height < self.big:
             raise OtterliteError(f"frame {width}x{height} is smaller than one {self.big}x{self.big} patch")
