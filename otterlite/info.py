@@ -66,7 +66,7 @@ def describe_spec(path: Path, data: bytes) -> list[str]:
     for i, s in enumerate(spec.stages):
         lo, hi = s.accumulator_range()
         lines.append(f"  stage {i}: weights {tuple(s.weights.shape)} ({s.weight_bits} bits), stride {s.stride}, "
-                     f"pad {s.pad}, channels {s.channels[0]}..{s.channels[1] - 1}, accumulator "
+                     f"pad {s.pad} ({s.border} border), channels {s.channels[0]}..{s.channels[1] - 1}, accumulator "
                      f"[{lo.min()}, {hi.max()}], {s.thresholds.shape[1]} thresholds per channel in "
                      f"[{s.thresholds.min(initial=0)}, {s.thresholds.max(initial=0)}]")
     shown = {k: v for k, v in spec.info.items() if k != "qtables"}
