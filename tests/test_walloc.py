@@ -29,8 +29,9 @@ def walloc_model(walloc_dir):
     return load_walloc(str(walloc_dir))
 
 
-def test_one_level_equals_pywavelets_and_inverts():
-    x = torch.randn(1, 2, 24, 40, dtype=torch.float64)
+@pytest.mark.parametrize("height,width", [(24, 40), (2, 4), (4, 6)])  # below the filter: wraps more than once
+def test_one_level_equals_pywavelets_and_inverts(height, width):
+    x = torch.randn(1, 2, height, width, dtype=torch.float64)
     y = DWT().double()(x)
     for c in range(2):
         a, (h, v, d) = pywt.dwt2(x[0, c].numpy(), "bior4.4", mode="periodization")

@@ -113,31 +113,33 @@ class ToNormal(nn.Module):
 
 
 def _analysis_1d(x: torch.Tensor, h0: torch.Tensor, h1: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 2C, ...) halved along dim (2: rows, 3: columns): per channel [lo, hi]."""
-    c = x.shape[1]
-    pad = (0, 0) + ANALYSIS_PAD if dim == 2 else ANALYSIS_PAD + (0, 0)
+    """(B, C, H, W) -> (B, 2C, ...) halved along dim (2: rows, 3: columns): per channel [lo, hi].
+    The circular pad ANALYSIS_PAD is an index gather, so any even side works (even below 5)."""
+    c, n = x.shape[1], x.shape[dim]
+    before, after = ANALYSIS_PAD
     stride = (2, 1) if dim == 2 else (1, 2)
     w = torch.cat([h0, h1], 0).to(x.dtype).repeat(c, 1, 1, 1)
-    return F.conv2d(F.pad(x, pad, mode="circular"), w, stride=stride, groups=c)
+    wrapped = x.index_select(dim, torch.arange(-before, n + after) % n)
+    return F.conv2d(wrapped, w, stride=stride, groups=c)
 
 
 def _synthesis_1d(y: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, 2C, ...) per channel [lo, hi] -> (B, C, ...) doubled along dim."""
+    """(B, 2C, ...) per channel [lo, hi] -> (B, C, ...) doubled along dim: the transposed conv's
+    output t lands on sample (t - SYNTHESIS_SHIFT) mod n (any n, even below the filter length)."""
     c = y.shape[1] // 2
     stride = (2, 1) if dim == 2 else (1, 2)
     w = torch.cat([g0, g1], 0).to(y.dtype).repeat(c, 1, 1, 1)
     t = F.conv_transpose2d(y, w, stride=stride, groups=c)
-    n, s, extra = 2 * y.shape[dim], SYNTHESIS_SHIFT, TAPS - 2
-    body = t.narrow(dim, s, n).clone()
-    head, tail = t.narrow(dim, 0, s), t.narrow(dim, n + s, extra - s)
-    body.narrow(dim, n - s, s).add_(head)
-    body.narrow(dim, 0, extra - s).add_(tail)
-    return body
+    n = 2 * y.shape[dim]
+    shape = list(t.shape)
+    shape[dim] = n
+    index = (torch.arange(t.shape[dim]) - SYNTHESIS_SHIFT) % n
+    return torch.zeros(shape, dtype=t.dtype).index_add_(dim, index, t)
 
 
 class DWT(nn.Module):
     """One 2-D analysis level per channel: (B, C, H, W) -> (B, 4C, H/2, W/2), [LL, LH, HL, HH]
-    per channel (LH: low along columns, high along rows = PyWavelets' cH)."""
+    per channel (LH: low-pass along the width, high-pass along the height = PyWavelets' cH)."""
 
     def __init__(self):
         super().__init__()
