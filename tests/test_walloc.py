@@ -1,5 +1,6 @@
 """WaLLoC: our wavelet against PyWavelets, the float model against WALLOC.md's formulas,
 the published-format loader, and the exact wrap-around encoder spec on every emitter."""
+import copy
 import json
 import os
 from fractions import Fraction
@@ -49,7 +50,7 @@ def test_float_model_equals_the_formulas(walloc_model, walloc_dir):
     expected = published.walloc_latents_float64(state, published.WALLOC_CONFIG, rgb)
     x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
     with torch.no_grad():
-        companded = model.sensor_encoder().double().companded(x)[0].numpy()
+        companded = copy.deepcopy(model.sensor_encoder()).double().companded(x)[0].numpy()
     assert np.abs(companded - expected).max() < 1e-4
     latents = model.encode(x)[0][0].numpy().astype(np.float64)
     clear = np.abs(np.abs(expected - np.floor(expected)) - 0.5) > 1e-3  # not on a rounding tie
@@ -75,7 +76,7 @@ def test_decoder_equals_diffusers_then_pywavelets_synthesis(walloc_model):
 
 def test_composed_kernel_is_the_cascade_with_wraparound(walloc_model):
     model, _ = walloc_model
-    encoder = model.sensor_encoder().double()
+    encoder = copy.deepcopy(model.sensor_encoder()).double()
     kernel, bias, pad = encoder.composed_kernel()
     assert kernel.shape == (12, 3, 57, 57) and pad == 28
     x = torch.rand(1, 3, 40, 56, dtype=torch.float64)
