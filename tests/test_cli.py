@@ -111,4 +111,5 @@ def test_bad_input(tmp_path, photo, capsys):
 def test_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
-    assert "example: otterlite encode" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "example" in out and "  otterlite encode photo.png -o photo.otl" in out
