@@ -321,12 +321,14 @@ def check_info(kind: str, info: dict, stages: list[ConvStage], bad) -> None:
             raise bad("qtables are not lists of 3 x 64 ints in 1..255")
 
 
-def check_encoder_spec(spec, name: str = "spec") -> None:
-    """A FRAPPE encoder (patch convs) or a WaLLoC one (one wrap-around stage, load_spec checked)."""
-    if not isinstance(spec, ThresholdConvSpec) or spec.kind not in ENCODER_KINDS:
-        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a sensor "
-                             f"encoder; pass the frappe-encoder.spec or walloc-encoder.spec written by "
-                             f"'otterlite export'")
+def check_encoder_spec(spec, name: str = "spec", kinds: tuple[str, ...] = ENCODER_KINDS) -> None:
+    """A FRAPPE encoder (patch convs) or a WaLLoC one (one wrap-around stage, load_spec checked),
+    of one of `kinds`."""
+    if not isinstance(spec, ThresholdConvSpec) or spec.kind not in kinds:
+        codecs = " or ".join({"frappe-encoder": "FRAPPE", "walloc-encoder": "WaLLoC"}[k] for k in kinds)
+        files = " or ".join(f"{k}.spec" for k in kinds)
+        raise OtterliteError(f"{name}: a {getattr(spec, 'kind', type(spec).__name__)} spec, not a {codecs} "
+                             f"encoder; pass the {files} written by 'otterlite export'")
     for s in spec.stages:
         if spec.kind == "frappe-encoder" and (s.pad or s.stride != s.weights.shape[-1] or s.weights.shape[1] != 3):
             raise OtterliteError(f"{name}: stage with stride {s.stride}, pad {s.pad}: not a patch conv")

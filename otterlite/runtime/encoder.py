@@ -34,7 +34,7 @@ def load_encoder_spec(source: str | Path | bytes, kind: str = "frappe-encoder") 
     """An exported encoder spec (FRAPPE, or WaLLoC with kind="walloc-encoder"): a DIR from
     `otterlite export`, a .spec file, or its bytes."""
     spec, name = read_spec(source, f"{kind}.spec")
-    check_encoder_spec(spec, name)
+    check_encoder_spec(spec, name, (kind,))
     return spec
 
 
