@@ -86,12 +86,12 @@ BOUNDARY_FRAMES = 8  # at most this many boundary frames per stage whose windows
 
 
 def boundary_targets(stage) -> list[tuple[int, int]]:
-    """(channel, accumulator) pairs: every channel's extremes first, then T-1, T, T+1 of a
-    spread of each channel's thresholds."""
+    """(channel, accumulator) pairs, channel by channel: its two extremes, then T-1, T, T+1 of
+    a spread of its thresholds."""
     lo, hi = stage.accumulator_range()
-    channels = range(stage.weights.shape[0])
-    targets = [(c, int(v)) for c in channels for v in (hi[c], lo[c])]
-    for c in channels:
+    targets = []
+    for c in range(stage.weights.shape[0]):
+        targets += [(c, int(hi[c])), (c, int(lo[c]))]
         finite = [t for t in stage.thresholds[c] if lo[c] < t <= hi[c]]
         targets += [(c, int(t) + d) for t in finite[:: max(1, len(finite) // 12)] for d in (-1, 0, 1)]
     return targets
