@@ -126,6 +126,23 @@ def qdq_peer(model, height: int, width: int, calibration: list[np.ndarray], fold
     return run
 
 
+def timed_run(backend, spec, rgb: np.ndarray, stem: Path):
+    """The callable bench times: `backend` on the (H, W, 3) photo in its own input layout
+    (NHWC for runners with run.nhwc, else NCHW), prepared here, outside the timing; the
+    artifact (built from `spec` for this size) is written to stem.<artifact>."""
+    from otterlite.export import build
+
+    path = stem.with_name(f"{stem.name}.{backend.artifact}")
+    if backend.artifact != "spec":
+        path.write_bytes(build(spec, backend.artifact, *rgb.shape[:2]))
+    run = backend.load(path, spec)
+    if hasattr(run, "nhwc"):
+        x_nhwc = np.ascontiguousarray(rgb)[None]
+        return lambda: run.nhwc(x_nhwc)
+    x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+    return lambda: run(x)
+
+
 def read_pass(frame: np.ndarray):
     """One vectorized pass that only reads the frame (as uint64 words)."""
     words = np.ascontiguousarray(frame).reshape(-1)
@@ -149,7 +166,7 @@ def bench_walloc(repeats: int, say, sizes) -> dict:
     import torch
 
     from otterlite.backends import BACKENDS
-    from otterlite.export import build, freeze, photo_loader
+    from otterlite.export import freeze, photo_loader
     from otterlite.integer_spec.fidelity import Target
     from otterlite.models.checkpoint import load_walloc
     from otterlite.runtime import streaming_encoder
@@ -167,14 +184,8 @@ def bench_walloc(repeats: int, say, sizes) -> dict:
             encoder = model.sensor_encoder()
             runs, exact, reference = {"torch-float": lambda: encoder(torch.from_numpy(x))}, {"torch-float": None}, None
             for name in available:
-                backend = BACKENDS[name]
-                path = Path(tmp) / f"walloc-{size}.{backend.artifact}"
-                if backend.artifact != "spec":
-                    path.write_bytes(build(spec, backend.artifact, height, width))
-                run = backend.load(path, spec)
-                runs[name] = (lambda run=run: run.nhwc(np.ascontiguousarray(rgb)[None])) if hasattr(run, "nhwc") \
-                    else (lambda run=run: run(x))
-                outputs = run(x)
+                runs[name] = timed_run(BACKENDS[name], spec, rgb, Path(tmp) / f"walloc-{size}")
+                outputs = runs[name]()
                 reference = reference or outputs
                 exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
             say(f"walloc {size}: timing torch-float and {len(available)} exact backends, {repeats} rounds")
@@ -201,7 +212,7 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
     from PIL import Image
 
     from otterlite.backends import BACKENDS
-    from otterlite.export import build, freeze, photo_loader
+    from otterlite.export import freeze, photo_loader
     from otterlite.images import calibration_photos
     from otterlite.models.checkpoint import load_frappe, load_seaotter
     from otterlite.models.jpeg import write_codec_jpeg
@@ -231,7 +242,6 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
             size = f"{width}x{height}"
             rgb = photo(height, width)
             x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
-            x_nhwc = np.ascontiguousarray(rgb)[None]
             mpx = height * width / 1e6
             runs = {"torch-float": lambda: model.encode(torch.from_numpy(x)), "memory-read": read_pass(x)}
             exact, reference = {"torch-float": None, "memory-read": None}, None
@@ -247,12 +257,7 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
                 say(f"[{step}/{steps}] {size}: built the standard int8 QDQ peer, "
                     f"{100 * result['peer_equal_share'][size]:.1f}% of latents equal to the float model")
             for name in available:
-                backend = BACKENDS[name]
-                path = Path(tmp) / f"{size}.{backend.artifact}"
-                if backend.artifact != "spec":
-                    path.write_bytes(build(spec, backend.artifact, height, width))
-                run = backend.load(path, spec)
-                runs[name] = (lambda run=run: run.nhwc(x_nhwc)) if hasattr(run, "nhwc") else (lambda run=run: run(x))
+                runs[name] = timed_run(BACKENDS[name], spec, rgb, Path(tmp) / size)
                 outputs = runs[name]()
                 reference = reference or outputs
                 exact[name] = all(np.array_equal(a, b) for a, b in zip(reference, outputs))
