@@ -97,8 +97,65 @@ class PatchGroup:
         return count_levels(self.thresholds, acc)
 
 
-class WrapStreamingEncoder:
-    """WaLLoC's spec row by row, with StreamingEncoder's push / finish / encode / trace.
+class RowEncoder:
+    """push / finish / encode / trace shared by the streaming encoders. A subclass sets width,
+    height, padded_height, row, traced and a row_buffer of padded_width * 3 float64 values,
+    and defines reset(), _accumulate() (adds row_buffer as row `row`, returns the completed
+    latent rows) and latent_shapes() (per group (C, h, w))."""
+
+    trace_dtype = np.int64
+
+    def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
+            got = f"{row.dtype} {row.shape}" if isinstance(row, np.ndarray) else type(row).__name__
+            raise OtterliteError(f"row {self.row}: expected uint8 ({self.width}, 3), got {got}; the frame "
+                                 f"continues at row {self.row}")
+        if self.row >= self.height:
+            self.reset()
+            raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded, "
+                                 f"the encoder is reset for a new frame")
+        pixels = self.row_buffer.reshape(-1, 3)
+        pixels[: self.width] = row
+        pixels[self.width:] = row[-1]
+        return self._accumulate()
+
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+        """Pad the bottom by repeating the last row and emit the remaining latent rows; the
+        encoder is then ready for a new frame."""
+        if self.row < self.height:
+            missing = self.height - self.row
+            self.reset()
+            raise OtterliteError(f"frame ended after {self.height - missing} of {self.height} rows; frame "
+                                 f"discarded, the encoder is reset for a new frame")
+        out = []
+        while self.row < self.padded_height:
+            out += self._accumulate()  # the row buffer still holds the last row
+        self.reset()
+        return out
+
+    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """A whole (H, W, 3) frame through the streaming path -> per group (C, h, w) int8."""
+        latents = [np.empty(shape, np.int8) for shape in self.latent_shapes()]
+        rows = []
+        for r in range(rgb.shape[0]):
+            rows += self.push(rgb[r])
+        for gi, i, z in rows + self.finish():
+            latents[gi][:, i] = z
+        return latents
+
+    def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """A debug path: per group the (C, h, w) accumulators this encoder counted thresholds
+        on, for a whole (H, W, 3) frame."""
+        self.traced = [np.zeros(shape, self.trace_dtype) for shape in self.latent_shapes()]
+        try:
+            self.encode(rgb)
+            return self.traced
+        finally:
+            self.traced = None
+
+
+class WrapStreamingEncoder(RowEncoder):
+    """WaLLoC's spec row by row (RowEncoder's push / finish / encode / trace).
     Image row r (of the padded frame, H rows) is row t = r + m*H of the wrapped frame for
     every m with -p <= t < H + p; it adds W[:, :, u, :] . windows(row) to each latent row i
     with u = t - (s*i - p) in 0..K-1, and latent row i is counted once all K of its kernel
@@ -118,7 +175,7 @@ class WrapStreamingEncoder:
         self.weights = np.ascontiguousarray(w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0]))
         self.thresholds, self.base = stage.thresholds, spec.base
         self.cols = np.concatenate([np.arange(a, b) for a, b in wrap_runs(self.padded_width, self.p)])
-        self.row_buffer = np.zeros((self.padded_width, 3), np.float64)
+        self.row_buffer = np.zeros(self.padded_width * 3, np.float64)
         self.traced, self.peak_open = None, 0
         self.reset()
 
@@ -130,31 +187,9 @@ class WrapStreamingEncoder:
         """Most accumulator rows open at once so far (float64) plus the row buffer."""
         return self.peak_open * self.cols_out * self.weights.shape[2] * 8 + self.row_buffer.nbytes
 
-    def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
-            got = f"{row.dtype} {row.shape}" if isinstance(row, np.ndarray) else type(row).__name__
-            raise OtterliteError(f"row {self.row}: expected uint8 ({self.width}, 3), got {got}")
-        if self.row >= self.height:
-            self.reset()
-            raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded")
-        self.row_buffer[: self.width] = row
-        self.row_buffer[self.width:] = row[-1]
-        return self._accumulate()
-
-    def finish(self) -> list[tuple[int, int, np.ndarray]]:
-        if self.row < self.height:
-            done = self.row
-            self.reset()
-            raise OtterliteError(f"frame ended after {done} of {self.height} rows; frame discarded")
-        out = []
-        while self.row < self.padded_height:
-            out += self._accumulate()  # the row buffer still holds the last row
-        self.reset()
-        return out
-
     def _accumulate(self) -> list[tuple[int, int, np.ndarray]]:
         r, n, s, p, k = self.row, self.padded_height, self.s, self.p, self.k
-        windows = np.lib.stride_tricks.sliding_window_view(self.row_buffer[self.cols], k, axis=0)
+        windows = np.lib.stride_tricks.sliding_window_view(self.row_buffer.reshape(-1, 3)[self.cols], k, axis=0)
         windows = windows[: s * self.cols_out: s].reshape(self.cols_out, 3 * k)  # (w, (ch, v))
         done = []
         for t in range(r - n * (-(-(r + p) // n)), n + p, n):  # every wrapped copy t of row r
@@ -174,23 +209,8 @@ class WrapStreamingEncoder:
         self.row += 1
         return done
 
-    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """A whole (H, W, 3) frame through the streaming path -> [(C, h, w) int8]."""
-        latents = np.empty((self.weights.shape[2], self.rows_out, self.cols_out), np.int8)
-        rows = []
-        for r in range(rgb.shape[0]):
-            rows += self.push(rgb[r])
-        for _, i, z in rows + self.finish():
-            latents[:, i] = z
-        return [latents]
-
-    def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
-        self.traced = [np.zeros((self.weights.shape[2], self.rows_out, self.cols_out), np.int64)]
-        try:
-            self.encode(rgb)
-            return self.traced
-        finally:
-            self.traced = None
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        return [(self.weights.shape[2], self.rows_out, self.cols_out)]
 
 
 def streaming_encoder(spec: ThresholdConvSpec, width: int, height: int):
@@ -201,7 +221,7 @@ def streaming_encoder(spec: ThresholdConvSpec, width: int, height: int):
     return cls(spec, width, height)
 
 
-class StreamingEncoder:
+class StreamingEncoder(RowEncoder):
     """Push one (W, 3) uint8 row at a time; each push returns the latent rows it completed as
     (group index, latent row index, (C, W/k) int8). `finish()` completes the frame."""
 
@@ -239,34 +259,6 @@ class StreamingEncoder:
             a[:] = 0
         self.row = 0
 
-    def push(self, row: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        if not isinstance(row, np.ndarray) or row.dtype != np.uint8 or row.shape != (self.width, 3):
-            got = f"{row.dtype} {row.shape}" if isinstance(row, np.ndarray) else type(row).__name__
-            raise OtterliteError(f"row {self.row}: expected uint8 ({self.width}, 3), got {got}; the frame "
-                                 f"continues at row {self.row}")
-        if self.row >= self.height:
-            self.reset()
-            raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded, "
-                                 f"the encoder is reset for a new frame")
-        pixels = self.row_buffer.reshape(-1, 3)
-        pixels[: self.width] = row
-        pixels[self.width:] = row[-1]
-        return self._accumulate()
-
-    def finish(self) -> list[tuple[int, int, np.ndarray]]:
-        """Pad the bottom by repeating the last row and emit the remaining latent rows; the
-        encoder is then ready for a new frame."""
-        if self.row < self.height:
-            missing = self.height - self.row
-            self.reset()
-            raise OtterliteError(f"frame ended after {self.height - missing} of {self.height} rows; frame "
-                                 f"discarded, the encoder is reset for a new frame")
-        out = []
-        while self.row < self.padded_height:
-            out += self._accumulate()  # the row buffer still holds the last row
-        self.reset()
-        return out
-
     def _accumulate(self) -> list[tuple[int, int, np.ndarray]]:
         """acc (C, W/k) += phase_rows[u] (C, 3k) @ row (W/k, 3k)^T, per group."""
         done = []
@@ -283,27 +275,10 @@ class StreamingEncoder:
         self.row += 1
         return done
 
-    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """A whole (H, W, 3) frame through the streaming path -> per group (C, h, w) int8."""
-        latents = [np.empty((g.channels, self.padded_height // g.k, self.padded_width // g.k), np.int8)
-                   for g in self.groups]
-        rows = []
-        for r in range(rgb.shape[0]):
-            rows += self.push(rgb[r])
-        for gi, i, z in rows + self.finish():
-            latents[gi][:, i] = z
-        return latents
+    trace_dtype = np.int32
 
-    def trace(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """A debug path: per group the (C, h, w) int32 accumulators this encoder counted
-        thresholds on, for a whole (H, W, 3) frame."""
-        self.traced = [np.zeros((g.channels, self.padded_height // g.k, self.padded_width // g.k), np.int32)
-                       for g in self.groups]
-        try:
-            self.encode(rgb)
-            return self.traced
-        finally:
-            self.traced = None
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        return [(g.channels, self.padded_height // g.k, self.padded_width // g.k) for g in self.groups]
 
 
 def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
