@@ -371,12 +371,12 @@ BACKENDS: dict[str, Backend] = {
     "torch-int": Backend("torch-int", "spec", module("torch", "pip install torch==2.13.0"), load_torch_reference),
     "numpy": Backend("numpy", "spec", NUMPY, load_numpy_frame),
     "numpy-streaming": Backend("numpy-streaming", "spec", NUMPY, load_numpy_streaming, ENCODER_KINDS),
-    "c": Backend("c", "spec", c_ready(None), c_loader(None), ("frappe-encoder",)),
-    "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, ("frappe-encoder", "seaotter-inverse")),
+    "c": Backend("c", "spec", c_ready(None), c_loader(None), ENCODER_KINDS),
+    "c-lib": Backend("c-lib", "spec", c_ready(None), load_c_library, (*ENCODER_KINDS, "seaotter-inverse")),
 }
 for _target in CROSS:
     BACKENDS[f"qemu-{_target}"] = Backend(f"qemu-{_target}", "spec", c_ready(_target), c_loader(_target),
-                                          ("frappe-encoder",))
+                                          ENCODER_KINDS)
 for _short, _level in ORT_LEVELS.items():
     for _threads in (1, 2):
         _name = f"ort-{_short}-t{_threads}"

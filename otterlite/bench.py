@@ -34,7 +34,7 @@ import numpy as np
 
 SIZES = ((512, 512), (1088, 1920))
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
-WALLOC_ENCODERS = ("numpy", "numpy-streaming", "ort-O3-t1", "litert")  # exact backends of the wrap-around spec
+WALLOC_ENCODERS = ("numpy", "numpy-streaming", "ort-O3-t1", "litert", "c-lib")  # exact backends of the wrap-around spec
 
 
 def steady_allocator() -> None:

@@ -235,9 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "the host and print its resource report ('firmware run OUT IMAGE...' checks it bit-exact)",
                        epilog="examples:\n  otterlite export frappe-encoder -o models/\n"
                               "  otterlite firmware models/ --target cortex-m4,rpi4 -o fw/   (report also in fw/report.json)\n"
-                              "  otterlite firmware run fw/ photo.png other.jpg",
+                              "  otterlite firmware run fw/ photo.png other.jpg\n"
+                              "  otterlite export walloc-encoder -o models/ && otterlite firmware models/ --codec walloc "
+                              "-o fw-walloc/",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", metavar="DIR", help="folder from 'otterlite export' holding frappe-encoder.spec")
+    p.add_argument("folder", metavar="DIR", help="folder from 'otterlite export' holding frappe-encoder.spec "
+                   "(walloc-encoder.spec with --codec walloc)")
+    p.add_argument("--codec", default="frappe", choices=["frappe", "walloc"], help="sensor codec (default frappe)")
     p.add_argument("--target", default="all",
                    help="cortex-m4, cortex-m7, esp32-s3, rpi-zero2, rpi4 (comma-separated) or all (default)")
     p.add_argument("-o", "--output", required=True, help="output folder for the C sources")
@@ -364,8 +368,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "firmware":
         from otterlite.firmware import firmware
         from otterlite.firmware_report import format_report
+        from otterlite.workflow import CODECS
 
-        result = firmware(args.folder, args.target, args.output)
+        result = firmware(args.folder, args.target, args.output, CODECS[args.codec])
         print("\n".join(format_report(result)))
         if args.json:
             write_json(args.json, result)

@@ -9,18 +9,24 @@ from otterlite.errors import OtterliteError
 from otterlite import firmware_report as report
 from otterlite.files import write_json
 from otterlite.firmware_sim import codegen, host
-from otterlite.firmware_sim.codegen import SPEC_FILE
+from otterlite.firmware_sim.codegen import spec_file
 from otterlite.firmware_sim.toolchains import HOST_CFLAGS
 from otterlite.firmware_sim.targets import parse_targets
+from otterlite.integer_spec.types import ENCODER_KINDS
 
 
-def firmware(folder: str | Path, targets: str, out: str | Path, say=print) -> dict:
-    """Generate OUT from the exported encoder in `folder`, build it on the host, and return
-    (and write to OUT/report.json) the resource report for the targets."""
+def firmware(folder: str | Path, targets: str, out: str | Path, kind: str = "frappe-encoder", say=print) -> dict:
+    """Generate OUT from the exported encoder of `kind` in `folder`, build it on the host, and
+    return (and write to OUT/report.json) the resource report for the targets."""
     from otterlite.runtime import load_encoder_spec
+    from otterlite.workflow import CODECS
 
     chosen = parse_targets(targets)
-    spec = load_encoder_spec(folder)
+    other = [k for k in ENCODER_KINDS if k != kind and (Path(folder) / spec_file(k)).is_file()]
+    if Path(folder).is_dir() and not (Path(folder) / spec_file(kind)).is_file() and other:
+        raise OtterliteError(f"{folder} holds {spec_file(other[0])}, not {spec_file(kind)}: add --codec "
+                             f"{next(name for name, k in CODECS.items() if k == other[0])}")
+    spec = load_encoder_spec(folder, kind)
     out = codegen.generate(spec, out)
     say(f"wrote C99 sources and Makefile to {out}")
     binary = host.build_host(out)
@@ -46,11 +52,13 @@ def run_firmware(out: str | Path, images: list[str], sanitize: bool = False, say
     from otterlite.workflow import encode_spec
 
     out = Path(out)
-    if not (out / SPEC_FILE).is_file():
-        raise OtterliteError(f"{out}: no {SPEC_FILE}; generate it first with 'otterlite firmware DIR -o {out}'")
+    found = [kind for kind in ENCODER_KINDS if (out / spec_file(kind)).is_file()]
+    if len(found) != 1:
+        raise OtterliteError(f"{out}: no {' or '.join(map(spec_file, ENCODER_KINDS))}; generate it first with "
+                             f"'otterlite firmware DIR -o {out}'")
     if not images:
         raise OtterliteError("give at least one image, e.g. 'otterlite firmware run OUT photo.png'")
-    spec = load_encoder_spec(out / SPEC_FILE)
+    spec = load_encoder_spec(out / spec_file(found[0]), found[0])
     binary = host.build_host(out, sanitize)
     say(f"built {binary} ({' '.join(HOST_CFLAGS)}{' + sanitizers' if sanitize else ''})")
     exact = True

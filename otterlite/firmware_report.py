@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.firmware_sim import host
+from otterlite.firmware_sim.codegen import MCU_MAX_WIDTH
 from otterlite.firmware_sim.toolchains import CROSS, STRICT_C99, missing
 from otterlite.firmware_sim.targets import Target
 
@@ -21,10 +22,13 @@ THRESHOLD_STEPS = 8  # binary search over 256 entries
 
 
 def frame_work(spec, height: int, width: int) -> dict:
-    """Operations per frame: MACs, threshold search steps and pixels of the padded frame."""
+    """Operations per frame: MACs (C * 3 * K^2 per latent position: FRAPPE 3 C per pixel,
+    WaLLoC's 57x57 kernel at stride 8 3 C * 57^2 / 64 per pixel), threshold search steps and
+    pixels of the padded frame."""
     hp, wp = spec.padded_size(height, width)
-    latents = sum(s.weights.shape[0] * (hp // s.stride) * (wp // s.stride) for s in spec.stages)
-    macs = sum(hp * wp * 3 * s.weights.shape[0] for s in spec.stages)
+    positions = [(hp // s.stride) * (wp // s.stride) for s in spec.stages]
+    latents = sum(s.weights.shape[0] * n for s, n in zip(spec.stages, positions))
+    macs = sum(n * s.weights.size for s, n in zip(spec.stages, positions))
     return {"padded": f"{wp}x{hp}", "pixels": hp * wp, "macs": macs, "threshold_steps": THRESHOLD_STEPS * latents,
             "latents": latents}
 
@@ -101,10 +105,10 @@ def tflm_arena(spec, height: int, width: int) -> int | None:
     return tflm_arena_bytes(interpreter)
 
 
-def host_throughput(binary: Path, rounds: int = 5) -> dict:
+def host_throughput(spec, binary: Path, rounds: int = 5) -> dict:
     """Measured MPx/s of the -O2 host build at 1920x1080 on a real photo, beside the torch
-    float reference when torch is installed: `rounds` alternating runs of each, best of each
-    (alternating, so both see the same machine load)."""
+    float encoder of the same codec (its embedded default) when torch is installed: `rounds`
+    alternating runs of each, best of each (alternating, so both see the same machine load)."""
     from otterlite.bench import photo, steady_allocator
 
     rgb = photo(1080, 1920)
@@ -114,22 +118,22 @@ def host_throughput(binary: Path, rounds: int = 5) -> dict:
         import torch
 
         from otterlite.images import pad_to_multiple
-        from otterlite.models.checkpoint import load_frappe
+        from otterlite.models.checkpoint import load_encoder_model
     except ImportError:
         out["c_mpx_s"] = max(c_mpx_s() for _ in range(rounds))
         return out
     torch.set_num_threads(1)
     steady_allocator()
-    model, _ = load_frappe()
-    padded = pad_to_multiple(rgb, max(g.ps for g in model.groups))  # the encoded frame, as the C pads it
+    encoder = load_encoder_model(spec.kind, None, with_decoder=False)[0].sensor_encoder()
+    padded = pad_to_multiple(rgb, spec.largest_stride)  # the encoded frame, as the C pads it
     x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None]
     c_best, torch_best = 0.0, 0.0
     with torch.no_grad():
-        model.encode(x)  # warm-up
+        encoder(x)  # warm-up
         for _ in range(rounds):
             c_best = max(c_best, c_mpx_s())
             start = time.perf_counter()
-            model.encode(x)
+            encoder(x)
             torch_best = max(torch_best, 1920 * 1080 / (time.perf_counter() - start) / 1e6)
     out.update(c_mpx_s=c_best, torch_float_mpx_s=torch_best, vs_torch_float=c_best / torch_best)
     return out
@@ -163,6 +167,11 @@ def measured_on_cpus(spec, folder: Path, say=print) -> dict:
             if target.bare_metal:
                 entry["part_flash_bytes"], entry["part_ram_bytes"] = target.flash[1], target.ram[1]
             for height, width in FRAME_SIZES:
+                if target.bare_metal and width > MCU_MAX_WIDTH[spec.kind]:
+                    entry["frames"][f"{width}x{height}"] = {"measured": False, "reason": (
+                        f"wider than the Cortex-M build's static work buffer (OTL_MCU_MAX_WIDTH "
+                        f"{MCU_MAX_WIDTH[spec.kind]})")}
+                    continue
                 work = frame_work(spec, height, width)
                 counts = cross.count_instructions(target, binary, photo(height, width), plugin)
                 cyc = counts["encoder"] * target.cpi
@@ -204,7 +213,7 @@ def resource_report(spec, folder: str | Path, targets: list[Target], binary: Pat
         report["targets"][target.name] = entry
     report["cpus"] = measured_on_cpus(spec, folder, say)
     say("measuring the host build")
-    report["host"] = host_throughput(binary)
+    report["host"] = host_throughput(spec, binary)
     return report
 
 
@@ -262,6 +271,9 @@ def format_cpus(cpus: dict) -> list[str]:
         lines.append(f"  {name}: text {c['text']} B, data {c['data']} B, bss {c['bss']} B{part}; CPI {c['cpi']} "
                      f"at {c['clock_mhz']:g} MHz")
         for size, f in c["frames"].items():
+            if f.get("measured") is False:
+                lines.append(f"    {size}: not run: {f['reason']}")
+                continue
             estimate = f", cost-model estimate {f['estimated_fps']:.2f} fps" if "estimated_fps" in f else ""
             lines.append(f"    {size}: {f['instructions'] / 1e6:.1f} M instructions ({f['instructions_per_mac']:.2f} "
                          f"per MAC; whole program {f['program_instructions'] / 1e6:.1f} M), {f['fps']:.2f} fps{estimate}")

@@ -3,8 +3,9 @@
 The cost model is an estimate for the generated plain C, per operation of the encoder:
     cycles/frame = MACs * cycles_per_mac + threshold steps * cycles_per_step
                    + pixels * cycles_per_pixel
-MACs = sum over groups of (padded pixels) * 3 * C; threshold steps = 8 per latent (binary
-search over 256 entries); cycles_per_pixel covers the row readout and loop overhead.
+MACs = sum over groups of (latent positions) * C * 3 * K^2 (FRAPPE: padded pixels * 3 C);
+threshold steps = 8 per latent (binary search over 256 entries); cycles_per_pixel covers
+the row readout and loop overhead.
 """
 from __future__ import annotations
 

@@ -67,20 +67,20 @@ static uint8_t *le16(uint8_t *p, uint32_t v) {
 }
 
 void otl_container_head(uint8_t *out, int width, int height, uint32_t payload_length) {
-    static const char model[8] = "FRAPPE";
+    static const char codec[8] = OTL_CODEC;
     uint8_t *p = out;
     int g;
     memcpy(p, "OTLF", 4);
     p[4] = 1;  /* container version */
     p[5] = 1;  /* latent coder id */
-    memcpy(p + 6, model, 8);
+    memcpy(p + 6, codec, 8);
     memcpy(p + 14, otl_checkpoint_sha256, 32);
     p = le16(p + 46, (uint32_t)width);
     p = le16(p, (uint32_t)height);
     *p++ = OTL_CHANNELS;
     *p++ = OTL_GROUPS;
     for (g = 0; g < OTL_GROUPS; g++) {
-        *p++ = (uint8_t)otl_groups[g].patch;
+        *p++ = (uint8_t)otl_groups[g].stride;
         *p++ = (uint8_t)otl_groups[g].first_channel;
         *p++ = (uint8_t)(otl_groups[g].first_channel + otl_groups[g].channels);
     }

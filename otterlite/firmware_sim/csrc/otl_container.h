@@ -1,7 +1,8 @@
 /* The .otl latent container, written by the sensor (byte layout: otterlite/container.py).
  *
  * Latent coder (adaptive Golomb-Rice, one context (A, N) per latent channel, initially
- * A = 2, N = 1), fed latent rows in readout order, which is the order otl_push_row emits:
+ * A = 2, N = 1), fed latent rows in readout order (FRAPPE: the order otl_push_row emits;
+ * WaLLoC: row by row, after the frame, from the harness's latent buffer):
  *   u = v >= 0 ? 2v : -2v - 1;  k = min(k : N << k >= A, k <= 7);  q = u >> k
  *   q < 16:  q one-bits, a zero-bit, the k low bits of u;  q >= 16: 16 one-bits, u in 8 bits
  *   A += u; N += 1; if N == 32 then A >>= 1, N >>= 1.     Bits fill bytes MSB first.

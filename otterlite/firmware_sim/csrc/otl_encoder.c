@@ -16,12 +16,29 @@
 #include <arm_acle.h>
 #endif
 
-#define OTL_PATCH_VALUES ((3 * OTL_LARGEST_PATCH + 7) / 8 * 8)  /* 3k rounded up to whole quads of pairs */
+#define OTL_KERNEL_VALUES ((3 * OTL_LARGEST_KERNEL + 7) / 8 * 8)  /* 3K rounded up to whole quads of pairs */
 
-typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
+typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w,
                                const otl_group *grp);
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+#if OTL_WRAP
+#define OTL_ACC_ROWS OTL_OPEN_ROWS
+#else
+#define OTL_ACC_ROWS 1
+#endif
+
+/* WaLLoC: bytes of the wrapped row (padded_width + 2 pad pixels, then zeros up to the last
+ * kernel row read, 4-aligned); FRAPPE: 0. */
+static size_t wrapped_bytes(int padded_width) {
+#if OTL_WRAP
+    return (size_t)round_up(3 * (padded_width + 2 * otl_groups[0].pad) + OTL_KERNEL_VALUES, 4);
+#else
+    (void)padded_width;
+    return 0;
+#endif
+}
 
 size_t otl_state_bytes(int width) {
     size_t acc = 0, row = 0;
@@ -29,11 +46,11 @@ size_t otl_state_bytes(int width) {
     if (width < OTL_LARGEST_PATCH || width > OTL_MAX_SIDE) return 0;
     padded = round_up(width, OTL_LARGEST_PATCH);
     for (g = 0; g < OTL_GROUPS; g++) {
-        size_t n = (size_t)otl_groups[g].channels * (size_t)(padded / otl_groups[g].patch);
-        acc += n * sizeof(int32_t);
+        size_t n = (size_t)otl_groups[g].channels * (size_t)(padded / otl_groups[g].stride);
+        acc += OTL_ACC_ROWS * n * sizeof(int32_t);
         if (n > row) row = n;
     }
-    return acc + OTL_LANE_SLACK * sizeof(int32_t) + row;
+    return acc + OTL_LANE_SLACK * sizeof(int32_t) + wrapped_bytes(padded) + row;
 }
 
 int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int height) {
@@ -50,9 +67,15 @@ int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int h
     enc->row = 0;
     for (g = 0; g < OTL_GROUPS; g++) {
         enc->acc[g] = (int32_t *)(void *)p;
-        p += (size_t)otl_groups[g].channels * (size_t)(enc->padded_width / otl_groups[g].patch) * sizeof(int32_t);
+        p += OTL_ACC_ROWS * (size_t)otl_groups[g].channels * (size_t)(enc->padded_width / otl_groups[g].stride) *
+             sizeof(int32_t);
     }
-    enc->latents = (int8_t *)p + OTL_LANE_SLACK * sizeof(int32_t);
+    p += OTL_LANE_SLACK * sizeof(int32_t);
+#if OTL_WRAP
+    enc->wrapped = p;
+    for (g = 0; g < OTL_OPEN_ROWS; g++) enc->open_row[g] = -1, enc->open_count[g] = 0;
+#endif
+    enc->latents = (int8_t *)(p + wrapped_bytes(enc->padded_width));
     return OTL_OK;
 }
 
@@ -83,9 +106,10 @@ static void count_row(int8_t *out, const int32_t *a, int stride, int n, const in
     for (; j < n; j++, a += stride) out[j] = count_thresholds(a[0], t);
 }
 
-/* add_patches(acc, x, count, w, grp): for each of `count` patches i,
- *   acc[i][c] += sum_{t < 2 * pairs} x[i][t] * W[c][t]        (c < C; x[i] = x + 2 * pairs * i)
- * with x[i] one patch row's bytes (zero-padded to 2 * pairs values) and w the phase's weights
+/* add_patches(acc, x, count, step, w, grp): for each of `count` patches i,
+ *   acc[i][c] += sum_{t < 2 * pairs} x[i][t] * W[c][t]        (c < C; x[i] = x + step * i)
+ * with x[i] one kernel row's bytes (zero-padded to 2 * pairs values; FRAPPE's patches lie side
+ * by side, step = 2 * pairs, WaLLoC's overlap, step = 3 s) and w that kernel row's weights
  * in the pair layout of otl_encoder.h. One version per instruction set, the same integers. */
 #if defined(__SSE2__) && !defined(OTL_PORTABLE)
 /* acc[l] += v[l] for l < lanes (1 or more): reads four int32 (OTL_LANE_SLACK keeps the read
@@ -107,7 +131,7 @@ static void add_lanes_sse2(int32_t *acc, __m128i v, int lanes) {
 
 /* x86 (SSE2 is part of x86-64): 8 bytes zero-extended at a time; each pair (x[2p], x[2p+1])
  * broadcast to four lanes and multiplied with four channels' weight pairs (PMADDWD). */
-static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
     const __m128i zero = _mm_setzero_si128();
     int i, b, p;
     for (i = 0; i < count; i++, acc += grp->channels) {
@@ -124,7 +148,7 @@ static void add_patches_sse2(int32_t *acc, const uint8_t *x, int count, const ot
             }
             add_lanes_sse2(acc + 4 * b, s, grp->channels - 4 * b);
         }
-        x += 2 * grp->pairs;
+        x += step;
     }
 }
 
@@ -157,13 +181,13 @@ static OTL_AVX2 OTL_INLINE __m128i halves_sum(__m256i s) {
     return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-static OTL_AVX2 void add_patches_avx2(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
-                                      const otl_group *grp) {
-    const int n = 2 * grp->pairs, c = grp->channels;
+static OTL_AVX2 void add_patches_avx2(int32_t *acc, const uint8_t *x, int count, int step,
+                                      const otl_weight_t *w, const otl_group *grp) {
+    const int c = grp->channels;
     const size_t block = (size_t)8 * (size_t)grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * n) {
-        const uint8_t *x1 = i + 1 < count ? x + n : x;
+    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
+        const uint8_t *x1 = i + 1 < count ? x + step : x;
         for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: block b (patches 0, 1), t: block b + 1 */
             const otl_weight_t *wb = w + (size_t)b * block;
             __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
@@ -211,13 +235,13 @@ static OTL_AVX512 OTL_INLINE __m128i quarters_sum(__m512i s) {
     return _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
 }
 
-static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w,
-                                          const otl_group *grp) {
-    const int n = 2 * grp->pairs, c = grp->channels;
+static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, int step,
+                                          const otl_weight_t *w, const otl_group *grp) {
+    const int c = grp->channels;
     const size_t block = (size_t)8 * (size_t)grp->pairs;
     int i, b, p;
-    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * n) {
-        const uint8_t *x1 = i + 1 < count ? x + n : x;
+    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
+        const uint8_t *x1 = i + 1 < count ? x + step : x;
         for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
             const otl_weight_t *wb = w + (size_t)b * block;
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
@@ -277,9 +301,9 @@ static void add_lanes_neon(int32_t *acc, int32x4_t v, int lanes) {  /* as add_la
     if (lanes & 1) vst1q_lane_s32(acc, v, 0);
 }
 
-static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
     int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+    for (i = 0; i < count; i++, acc += grp->channels, x += step) {
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
             int32x4_t even = vdupq_n_s32(0), odd = vdupq_n_s32(0);
@@ -319,9 +343,9 @@ static int16x2_t weight_pair(const otl_weight_t *w) {
     return v;
 }
 
-static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
     int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+    for (i = 0; i < count; i++, acc += grp->channels, x += step) {
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
             int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -337,9 +361,9 @@ static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_wei
     }
 }
 #else
-static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_weight_t *w, const otl_group *grp) {
+static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
     int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels, x += 2 * grp->pairs) {
+    for (i = 0; i < count; i++, acc += grp->channels, x += step) {
         const otl_weight_t *wb = w;
         for (b = 0; b < grp->blocks; b++) {
             int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -358,6 +382,12 @@ static void add_patches(int32_t *acc, const uint8_t *x, int count, const otl_wei
 static add_patches_fn patch_kernel(void) { return add_patches; }
 #endif
 
+/* The weights of kernel row u (otl_encoder.h's layout). */
+static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
+    return grp->weights + (size_t)u * (size_t)grp->blocks * (size_t)(8 * grp->pairs);
+}
+
+#if !OTL_WRAP
 /* Patch j's bytes of this row copied to buf and zero-padded to n values; past the real width
  * the last pixel repeats (edge replication). */
 static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int k, int j, int width) {
@@ -375,45 +405,110 @@ static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int 
  * row and need no zero padding straight from it, the others through padded_patch. */
 static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, int width, int padded_width,
                        int u) {
-    const int k = grp->patch, cols = padded_width / k, n = 2 * grp->pairs;
+    const int k = grp->stride, cols = padded_width / k, n = 2 * grp->pairs;
     const int inside = n == 3 * k ? width / k : 0;
-    const otl_weight_t *w = grp->weights + (size_t)u * (size_t)grp->blocks * (size_t)(8 * grp->pairs);
+    const otl_weight_t *w = kernel_row(grp, u);
     const add_patches_fn kernel = patch_kernel();
-    uint8_t buf[OTL_PATCH_VALUES];
+    uint8_t buf[OTL_KERNEL_VALUES];
     int j;
-    kernel(acc, rgb, inside, w, grp);
+    kernel(acc, rgb, inside, n, w, grp);
     for (j = inside; j < cols; j++)
-        kernel(acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, w, grp);
+        kernel(acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, n, w, grp);
 }
+#endif
 
 #ifdef OTL_TRACE
 otl_trace_fn otl_trace = 0;
 #endif
 
-static int emit_complete(otl_encoder *enc, int g, otl_emit_fn emit, void *ctx) {
+/* Count the thresholds of a completed accumulator row acc[j][c], emit it as latent row
+ * `latent_row` of group g, and clear acc. */
+static int emit_row(otl_encoder *enc, int g, int latent_row, int32_t *acc, otl_emit_fn emit, void *ctx) {
     const otl_group *grp = &otl_groups[g];
-    const int cols = enc->padded_width / grp->patch;
-    int32_t *acc = enc->acc[g];
+    const int cols = enc->padded_width / grp->stride;
     int c;
 #ifdef OTL_TRACE
-    if (otl_trace) otl_trace(g, enc->row / grp->patch, acc, grp->channels, cols);
+    if (otl_trace) otl_trace(g, latent_row, acc, grp->channels, cols);
 #endif
     for (c = 0; c < grp->channels; c++)
         count_row(enc->latents + c * cols, acc + c, grp->channels, cols, grp->thresholds + 256 * c);
-    emit(ctx, g, enc->row / grp->patch, enc->latents, grp->channels, cols);
+    emit(ctx, g, latent_row, enc->latents, grp->channels, cols);
     memset(acc, 0, (size_t)grp->channels * (size_t)cols * sizeof(int32_t));
     return 1;
 }
 
+#if OTL_WRAP
+/* out[3q + ch] = row[3 min((q - pad) mod padded_width, width - 1) + ch] for
+ * q < padded_width + 2 pad (wrap-around over the edge-padded row), zeros after. */
+static void wrap_row(uint8_t *out, size_t bytes, const uint8_t *rgb, int width, int padded_width, int pad) {
+    const int n = padded_width + 2 * pad;
+    int q;
+    for (q = 0; q < n; q++) {
+        int px = ((q - pad) % padded_width + padded_width) % padded_width;
+        if (px > width - 1) px = width - 1;
+        out[3 * q] = rgb[3 * px], out[3 * q + 1] = rgb[3 * px + 1], out[3 * q + 2] = rgb[3 * px + 2];
+    }
+    memset(out + 3 * n, 0, bytes - 3 * (size_t)n);
+}
+
+/* The accumulator row holding latent row i (opened empty if none does), or -1 if all
+ * OTL_OPEN_ROWS are taken. */
+static int open_slot(otl_encoder *enc, int i) {
+    int k, free = -1;
+    for (k = 0; k < OTL_OPEN_ROWS; k++) {
+        if (enc->open_row[k] == i) return k;
+        if (free < 0 && enc->open_row[k] < 0) free = k;
+    }
+    if (free >= 0) enc->open_row[free] = i;
+    return free;
+}
+
+/* Padded row r: its wrapped copies t = r + m * padded_height in [-p, padded_height + p)
+ * each go to the latent rows i whose window s*i - p .. s*i - p + K - 1 holds t, as kernel
+ * row t - (s*i - p). */
+static int push_wrapped(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx) {
+    const otl_group *grp = &otl_groups[0];
+    const int n = enc->padded_height, s = grp->stride, p = grp->pad, k = grp->kernel;
+    const int rows = n / s, cols = enc->padded_width / s;
+    const size_t acc_row = (size_t)grp->channels * (size_t)cols;
+    const add_patches_fn kernel = patch_kernel();
+    int t, i, emitted = 0;
+    wrap_row(enc->wrapped, wrapped_bytes(enc->padded_width), rgb, enc->width, enc->padded_width, p);
+    for (t = (enc->row + p) % n - p; t < n + p; t += n) {
+        const int first = t + p - k + 1 > 0 ? (t + p - k + s) / s : 0, last = (t + p) / s;
+        for (i = first; i <= last && i < rows; i++) {
+            const int slot = open_slot(enc, i);
+            int32_t *acc;
+            if (slot < 0) return OTL_ERR_STATE;
+            acc = enc->acc[0] + (size_t)slot * acc_row;
+            kernel(acc, enc->wrapped, cols, 3 * s, kernel_row(grp, t - (s * i - p)), grp);
+            if (++enc->open_count[slot] == k) {
+                emitted += emit_row(enc, 0, i, acc, emit, ctx);
+                enc->open_row[slot] = -1, enc->open_count[slot] = 0;
+            }
+        }
+    }
+    return emitted;
+}
+#endif
+
 int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx) {
-    int emitted = 0, g;
+    int emitted = 0;
     if (enc->row >= enc->height) return OTL_ERR_ROWS;
     do {  /* the last real row stands in for the padding rows below it */
+#if OTL_WRAP
+        const int done = push_wrapped(enc, rgb, emit, ctx);
+        if (done < 0) return done;
+        emitted += done;
+#else
+        int g;
         for (g = 0; g < OTL_GROUPS; g++) {
-            const int u = enc->row % otl_groups[g].patch;
+            const int u = enc->row % otl_groups[g].stride;
             accumulate(&otl_groups[g], enc->acc[g], rgb, enc->width, enc->padded_width, u);
-            if (u == otl_groups[g].patch - 1) emitted += emit_complete(enc, g, emit, ctx);
+            if (u == otl_groups[g].stride - 1)
+                emitted += emit_row(enc, g, enc->row / otl_groups[g].stride, enc->acc[g], emit, ctx);
         }
+#endif
         enc->row++;
     } while (enc->row >= enc->height && enc->row < enc->padded_height);
     return emitted;

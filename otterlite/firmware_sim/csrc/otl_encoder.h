@@ -1,8 +1,8 @@
-/* otterlite streaming FRAPPE encoder: C99, integers only, no malloc, no float, no libc
- * beyond memset. The caller owns every buffer.
+/* otterlite streaming encoder (FRAPPE or WaLLoC): C99, integers only, no malloc, no float, no
+ * libc beyond memset. The caller owns every buffer.
  *
- * For scale group g (patch k, C channels, w = padded_width / k patch columns) and row
- * r = k*i + u of the padded frame:
+ * FRAPPE (OTL_WRAP 0). For scale group g (patch k = stride = kernel, C channels,
+ * w = padded_width / k patch columns) and row r = k*i + u of the padded frame:
  *   acc[g][j][c] += sum_{t < 3k} row[3k*j + t] * W_g[u][c][t]          (t = 3v + ch; 16-bit
  *                   weights, int32 sums, exact: the freeze step proved |acc| < 2^31)
  * after the row with u = k - 1 the patch row i is complete:
@@ -11,6 +11,18 @@
  * search counts exactly. A frame whose sides are not multiples of the largest patch is
  * padded by edge replication: each row to the right, and the last row repeated below
  * (the push of the last row emits every remaining latent row).
+ *
+ * WaLLoC (OTL_WRAP 1): one group, a K x K kernel at stride s with wrap-around border
+ * (pad p = (K - 1) / 2): latent row i sums the padded rows t = s*i - p + u, u < K, taken
+ * mod padded_height, each row wrapped the same way along x:
+ *   acc[i][j][c] += sum_{t < 3K} wrapped_row[3s*j + t] * W[u][c][t],  wrapped_row[3q + ch] =
+ *                   row[3 ((q - p) mod padded_width) + ch]
+ * Each pushed row is added at once to every open latent row whose window holds one of its
+ * wrapped copies; a latent row is counted and emitted when its K rows are in. No image row
+ * is kept: latent rows 0 .. ceil(p/s) - 1 (their windows start with the frame's last rows)
+ * complete with the last push, so rows are emitted out of order (the raw output is written
+ * by row index; the container codes them after the frame). At most OTL_OPEN_ROWS latent rows
+ * are open at once: ceil(p/s) at the top + floor((K-1-p)/s) at the bottom + (K-1)/s + 1.
  *
  * The sums are taken four channels at a time: the patch row (zero-padded to 2 * pairs values)
  * is read as pairs (x[2p], x[2p+1]), each multiplied with four channels' weight pairs and
@@ -29,13 +41,15 @@
 #define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane reads, otl_encoder.c) */
 
 typedef struct {
-    int patch;               /* k: patch size and stride */
+    int stride;              /* s: latent rows and columns are s pixels apart */
+    int kernel;              /* K: kernel side (FRAPPE: K = s, a patch) */
+    int pad;                 /* p: WaLLoC's wrap-around border (FRAPPE: 0) */
     int channels;            /* C */
     int first_channel;       /* index of the group's first latent channel */
-    int pairs;               /* ceil(3k / 8) * 4: weight pairs per patch row */
+    int pairs;               /* ceil(3K / 8) * 4: weight pairs per kernel row */
     int blocks;              /* ceil(C / 4): blocks of four channels */
-    const otl_weight_t *weights;  /* [k][blocks][pairs][4][2]: phase u, block b, pair p, lane l,
-                                     = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3k */
+    const otl_weight_t *weights;  /* [K][blocks][pairs][4][2]: kernel row u, block b, pair p, lane l,
+                                     = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3K */
     const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
 } otl_group;
 
@@ -50,8 +64,14 @@ typedef struct {
     int width, height;                /* the frame as the sensor delivers it */
     int padded_width, padded_height;  /* rounded up to multiples of OTL_LARGEST_PATCH */
     int row;                          /* rows pushed so far */
-    int32_t *acc[OTL_GROUPS];         /* [w][C] accumulators, inside the caller's state buffer */
+    int32_t *acc[OTL_GROUPS];         /* [w][C] accumulators (WaLLoC: OTL_OPEN_ROWS of them), inside
+                                         the caller's state buffer */
     int8_t *latents;                  /* one completed latent row, inside the state buffer */
+#if OTL_WRAP
+    uint8_t *wrapped;                 /* the pushed row wrapped (see above), in the state buffer */
+    int open_row[OTL_OPEN_ROWS];      /* latent row held by each accumulator row, -1 if free */
+    int open_count[OTL_OPEN_ROWS];    /* kernel rows added to it so far */
+#endif
 } otl_encoder;
 
 enum { OTL_OK = 0, OTL_ERR_SIZE = -1, OTL_ERR_STATE = -2, OTL_ERR_ROWS = -3 };
@@ -63,7 +83,8 @@ size_t otl_state_bytes(int width);
 int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int height);
 
 /* Feed the next row (width x 3 bytes, RGB). Returns the number of latent rows emitted, or
- * OTL_ERR_ROWS if the frame already has all its rows. */
+ * OTL_ERR_ROWS if the frame already has all its rows (OTL_ERR_STATE: more than OTL_OPEN_ROWS
+ * latent rows open, which the bound above rules out). */
 int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx);
 
 #ifdef OTL_TRACE

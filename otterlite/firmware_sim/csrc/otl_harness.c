@@ -54,19 +54,21 @@ size_t otl_latent_bytes(int width, int height) {
     size_t n = 0;
     int g;
     for (g = 0; g < OTL_GROUPS; g++)
-        n += (size_t)otl_groups[g].channels * (size_t)(pw / otl_groups[g].patch) * (size_t)(ph / otl_groups[g].patch);
+        n += (size_t)otl_groups[g].channels * (size_t)(pw / otl_groups[g].stride) * (size_t)(ph / otl_groups[g].stride);
     return n;
 }
 
 size_t otl_work_bytes(int width, int height, int container) {
     size_t n = align4((size_t)width * 3u) + align4(otl_state_bytes(width));
     if (container) n += OTL_HEAD_BYTES + otl_latent_bytes(width, height) * OTL_MAX_CODE_BITS / 8 + 4;
+    if (container && OTL_WRAP) n += align4(otl_latent_bytes(width, height));  /* rows to code in order */
     return n;
 }
 
 typedef struct {
     const otl_files *io;
     otl_coder *coder;           /* container mode */
+    int8_t *frame;              /* container mode, WaLLoC: the latents [row][c][j], coded after the frame */
     size_t group_offset[OTL_GROUPS];  /* raw mode: where each group starts in the output */
     int group_rows[OTL_GROUPS];
     int failed;
@@ -75,6 +77,10 @@ typedef struct {
 static void on_latent_row(void *ctx, int group, int latent_row, const int8_t *latents, int channels, int width) {
     sink *s = (sink *)ctx;
     int c;
+    if (s->frame) {
+        memcpy(s->frame + (size_t)latent_row * (size_t)channels * (size_t)width, latents, (size_t)channels * (size_t)width);
+        return;
+    }
     if (s->coder) {
         otl_coder_row(s->coder, otl_groups[group].first_channel, latents, channels, width);
         return;
@@ -102,7 +108,7 @@ static const char *encode_rows(const otl_files *io, const uint8_t *rows, int wid
     s.io = io;
     *written = 0;
     for (g = 0; g < OTL_GROUPS; g++) {
-        const int k = otl_groups[g].patch;
+        const int k = otl_groups[g].stride;
         s.group_rows[g] = enc.padded_height / k;
         if (g + 1 < OTL_GROUPS)
             s.group_offset[g + 1] = s.group_offset[g] + (size_t)otl_groups[g].channels * (size_t)s.group_rows[g] *
@@ -112,7 +118,10 @@ static const char *encode_rows(const otl_files *io, const uint8_t *rows, int wid
                                            (size_t)(enc.padded_width / k);
     }
     if (container) {
-        otl_coder_init(&coder, payload + OTL_HEAD_BYTES, work_bytes - row_bytes - state_bytes - OTL_HEAD_BYTES - 4);
+        const size_t frame_bytes = OTL_WRAP ? align4(otl_latent_bytes(width, height)) : 0;
+        s.frame = OTL_WRAP ? (int8_t *)(payload + (work_bytes - row_bytes - state_bytes - frame_bytes)) : NULL;
+        otl_coder_init(&coder, payload + OTL_HEAD_BYTES,
+                       work_bytes - row_bytes - state_bytes - frame_bytes - OTL_HEAD_BYTES - 4);
         s.coder = &coder;
     }
     for (r = 0; r < height; r++) {
@@ -122,7 +131,13 @@ static const char *encode_rows(const otl_files *io, const uint8_t *rows, int wid
         if (s.failed) return "cannot write the output";
     }
     if (container) {
-        const size_t length = otl_coder_finish(&coder);
+        size_t length;
+        if (s.frame) {  /* WaLLoC: rows were completed out of order; code them in order now */
+            const int cols = enc.padded_width / otl_groups[0].stride, channels = otl_groups[0].channels;
+            for (r = 0; r < s.group_rows[0]; r++)
+                otl_coder_row(&coder, 0, s.frame + (size_t)r * (size_t)channels * (size_t)cols, channels, cols);
+        }
+        length = otl_coder_finish(&coder);
         uint32_t crc;
         if (length == 0) return "payload buffer overflow";
         otl_container_head(payload, width, height, (uint32_t)length);
