@@ -77,6 +77,16 @@ def frappe_snapshot(cfg, n, rng, realistic=False):
     return t
 
 
+def hub_snapshot(cache_dir, repo_id: str) -> Path:
+    """The snapshot folder of `repo_id` ("owner/name") in a Hugging Face cache laid out as
+    huggingface_hub writes it (models--owner--name/refs/main + snapshots/REVISION), created."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision
+
+
 def write_frappe(folder, cfg=SMALL_FRAPPE, seed=0, snapshots=None, realistic=False):
     rng = np.random.default_rng(seed)
     tensors = {}

@@ -78,10 +78,14 @@ def test_published_format_random_checkpoint_on_photos(tmp_path):
 
 
 def test_thresholds_exhaustive_at_boundaries():
-    """Every threshold of the default encoder at T-1, T, T+1 through the ONNX threshold
-    stage (two-level count) against searchsorted."""
+    """Every threshold of the default encoder at T-1, T, T+1, the range ends and the int32
+    extremes through both ONNX threshold counts (the bucket table and the two-level count)
+    against searchsorted."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from otterlite.export.onnx_writer import BUCKET_COMPARES, count_two_level
+    from otterlite.integer_spec.types import threshold_buckets
 
     model, ckpt = load_frappe()
     spec = freeze_frappe_encoder(model, ckpt.sha256)
@@ -90,21 +94,58 @@ def test_thresholds_exhaustive_at_boundaries():
         c = t.shape[0]
         probes = np.concatenate([t - 1, t, t + 1], axis=1)  # (C, 3L)
         lo, hi = stage.accumulator_range()
-        probes = np.concatenate([probes, lo[:, None], hi[:, None]], axis=1)
-        n = probes.shape[1]
-        g = GraphBuilder()
-        count_thresholds(g, "acc", t, (c, 1, n), "t")
-        inp = [helper.make_tensor_value_info("acc", TensorProto.INT32, [1, c, 1, n])]
-        outp = [helper.make_tensor_value_info("t_count", TensorProto.INT32, [1, c, 1, n])]
-        m = finish(g, "thresholds", inp, outp)
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {"acc": probes.reshape(1, c, 1, n).astype(np.int32)})[0].reshape(c, n)
-        want = np.stack([np.searchsorted(t[i], probes[i], side="right") for i in range(c)])
-        np.testing.assert_array_equal(got, want)
+        extremes = np.full((c, 2), [-2 ** 31, 2 ** 31 - 2])  # INT32_MAX pads the two-level table: never an accumulator
+        probes = np.concatenate([probes, lo[:, None], hi[:, None], lo[:, None] - 1, hi[:, None] + 1, extremes], axis=1)
+        assert threshold_buckets(t, lo, hi).candidates.shape[0] <= BUCKET_COMPARES  # the bucket count is used
+        for count, inputs in ((count_thresholds, probes),
+                              (lambda g, a, stage, shape, tag: count_two_level(g, a, stage.thresholds, shape, tag),
+                               probes)):
+            n = inputs.shape[1]
+            g = GraphBuilder()
+            count(g, "acc", stage, (c, 1, n), "t")
+            inp = [helper.make_tensor_value_info("acc", TensorProto.INT32, [1, c, 1, n])]
+            outp = [helper.make_tensor_value_info("t_count", TensorProto.INT32, [1, c, 1, n])]
+            m = finish(g, "thresholds", inp, outp)
+            sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            got = sess.run(None, {"acc": inputs.reshape(1, c, 1, n).astype(np.int32)})[0].reshape(c, n)
+            want = np.stack([np.searchsorted(t[i], inputs[i], side="right") for i in range(c)])
+            np.testing.assert_array_equal(got, want)
         # the step really happens at T: count(T) - count(T-1) >= 1 for every finite threshold
         L = t.shape[1]
         finite = (t > lo[:, None]) & (t <= hi[:, None])
         assert np.all((want[:, L:2 * L] - want[:, :L])[finite] >= 1)
+
+
+@pytest.mark.parametrize("form", ["float-parts", "conv-integer", "two-level"])
+def test_onnx_forms(form):
+    """Each accumulator and count form of the ONNX writer on ORT against the reference: the
+    default (float32 Conv per part of kernel rows, bucket count); 12-bit weights on 32x32
+    patches (one kernel row's bound above 2^24: ConvInteger on weight digits); thresholds
+    packed closer than any bucket table resolves (the two-level count)."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from otterlite.export import build
+
+    model, ckpt = load_frappe()
+    spec = freeze_frappe_encoder(model, ckpt.sha256)
+    rng = np.random.default_rng(3)
+    stage = spec.stages[0]
+    if form == "conv-integer":
+        stage = dataclasses.replace(stage, weights=rng.integers(-2047, 2048, stage.weights.shape))
+        lo, hi = stage.accumulator_range()
+        stage.thresholds = np.sort(rng.integers(lo[:, None] // 64, hi[:, None] // 64, (3, 255)), axis=1)
+    if form == "two-level":
+        stage = dataclasses.replace(stage, thresholds=np.sort(rng.integers(-400, 400, (3, 255)), axis=1))
+    spec = dataclasses.replace(spec, stages=[stage, *spec.stages[1:]])
+    data = build(spec, "onnx", 64, 96)
+    ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
+    assert {"float-parts": "Gather", "conv-integer": "ConvInteger", "two-level": "GatherElements"}[form] in ops
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for name, x in adversarial(spec, 64, 96):
+        for want, got in zip(run_spec(spec, torch.from_numpy(x)), session.run(None, {"image": x})):
+            assert (want.numpy() == got).all(), name
 
 
 def test_inverse_tables_exhaustive():
@@ -138,9 +179,10 @@ def test_graph_structure(exported):
             want = onnx.TensorProto.INT8 if name.endswith("-encoder") else onnx.TensorProto.UINT8
             assert out.type.tensor_type.elem_type == want
         assert not ops[name] & {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "Round", "Softsign"}
-    assert "ConvInteger" in ops["frappe-encoder"] and "GatherElements" in ops["frappe-encoder"]
+    # float32 Conv per part of kernel rows and the bucket-table count (test_onnx_forms: the fallbacks)
+    assert {"Conv", "Gather", "Div"} <= ops["frappe-encoder"] and not ops["frappe-encoder"] & {"ConvInteger", "GatherElements"}
     assert "Gather" in ops["seaotter-inverse"] and "Div" in ops["seaotter-inverse"]
-    assert {"ConvInteger", "Slice", "Concat"} <= ops["walloc-encoder"]  # wrap-around border by slices
+    assert {"Conv", "Slice", "Concat"} <= ops["walloc-encoder"]  # wrap-around border by slices
     manifest = json.loads((exported / "manifest.json").read_text())
     enc = next(e for e in manifest["artifacts"] if e["model"] == "frappe-encoder")
     assert enc["scale_groups"] == [[32, 0, 3], [16, 3, 9], [8, 9, 12]] and enc["n_ch"] == 12

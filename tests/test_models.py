@@ -126,10 +126,6 @@ def test_hub_offline_fails_fast_with_fix(tmp_path):
 
 def test_hub_source_uses_local_cache_without_network(tmp_path):
     """A Hugging Face cache laid out as huggingface_hub writes it is read offline."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--danjacobellis--FRAPPE"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    published.write_frappe(repo / "snapshots" / revision / "FRAPPE", snapshots=[3, 6])
+    published.write_frappe(published.hub_snapshot(tmp_path, "danjacobellis/FRAPPE") / "FRAPPE", snapshots=[3, 6])
     model, ckpt = load_frappe("hub:", 3, cache_dir=str(tmp_path))
     assert model.n_ch == 3 and ckpt.source.endswith("FRAPPE")

@@ -99,6 +99,19 @@ def spread_threshold(spec) -> tuple[int, int]:
     raise AssertionError("no threshold with room to move")
 
 
+def bucket_entry(spec, j) -> tuple[int, int]:
+    """(m, b): threshold j of stage 0 channel 0 is candidate m of bucket b in the bucket
+    tables both graph writers build (integer_spec.threshold_buckets)."""
+    from otterlite.integer_spec.types import threshold_buckets
+
+    stage = spec.stages[0]
+    buckets = threshold_buckets(stage.thresholds, *stage.accumulator_range())
+    t = int(stage.thresholds[0, j])
+    b = (t - int(buckets.lo[0])) >> int(buckets.shift[0])
+    [m] = np.flatnonzero(buckets.candidates[:, 0, b] == t)
+    return int(m), b
+
+
 def only_divergence(report):
     [result] = [r for r in report.results if r.status != "exact"]
     assert result.status == "mismatch" and result.divergence, result
@@ -134,11 +147,11 @@ def test_threshold_and_weight_localised_in_interpreters(folders, tmp_path, kind)
     spec = load_spec((folders / "enc" / "frappe-encoder.spec").read_bytes())
     j, raised = spread_threshold(spec)
     path = only(folders / "enc", tmp_path / "t", file)
+    m, b = bucket_entry(spec, j)  # T[0, j] is candidate m of channel 0's bucket b in both graphs
     if kind == "onnx":
-        edit_onnx(path, "s0_thresholds", lambda a: a.__setitem__((0, j), a[0, j] + raised))
-    else:  # the binary search reads T = hi * 65536 + lo; 127 has its own constant
-        assert j != 127
-        edit_tflite(path, "s0_thresholds_lo", lambda a: a.__setitem__(j, a[j] + raised))
+        edit_onnx(path, f"s0_bucket_candidates{m}", lambda a: a.__setitem__(b, a[b] + raised))
+    else:  # stage 0's thresholds reach 2^24, so its candidates are T = hi * 65536 + lo
+        edit_tflite(path, f"s0_candidate{m}_lo_table", lambda a: a.__setitem__(b, a[b] + raised))
     report = verify(path.parent, backends=backends, **QUIET)
     for r in report.results:
         d = r.divergence
@@ -150,7 +163,7 @@ def test_threshold_and_weight_localised_in_interpreters(folders, tmp_path, kind)
             assert d["probed"] is True
     path = only(folders / "enc", tmp_path / "w", file)
     if kind == "onnx":
-        weights = next(n for n in ("s0_weights_u8", "s0_weights_lo_u8", "s0_weights_f32")
+        weights = next(n for n in ("s0_weights0_f32", "s0_weights_u8", "s0_weights_lo_u8")
                        if n in {i.name for i in onnx.load(str(path)).graph.initializer})
         edit_onnx(path, weights, lambda a: a.__setitem__((0, 0, 0, 0), a[0, 0, 0, 0] + 1))
     else:
@@ -234,7 +247,8 @@ def corrupted_run(folders, tmp_path_factory):
     spec = load_spec((folders / "enc" / "frappe-encoder.spec").read_bytes())
     j, raised = spread_threshold(spec)
     shutil.copytree(folders / "enc", root / "m")
-    edit_onnx(root / "m" / "frappe-encoder.onnx", "s0_thresholds", lambda a: a.__setitem__((0, j), a[0, j] + raised))
+    m, b = bucket_entry(spec, j)
+    edit_onnx(root / "m" / "frappe-encoder.onnx", f"s0_bucket_candidates{m}", lambda a: a.__setitem__(b, a[b] + raised))
     code = main(["verify", str(root / "m"), "--backends", "torch-int", "ort-O0-t1", "litert", "--html",
                  str(root / "r.html"), "--junit", str(root / "j.xml"), "--json", str(root / "v.json")])
     return root, code

@@ -12,7 +12,7 @@ from otterlite.export.tflite_info import read_tflite
 from otterlite.export.tflite_writer import TfliteGraph, count_thresholds, digit_planes
 from otterlite.models.checkpoint import load_frappe
 from otterlite.integer_spec.freeze import freeze_frappe_encoder
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT
+from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, accumulator_range
 from test_export_verify import exported, require  # noqa: F401  (shared module fixture)
 
 EXACT_OPS = {"DEQUANTIZE", "QUANTIZE", "CONV_2D", "CAST", "MUL", "ADD", "GREATER_EQUAL", "GATHER", "PAD",
@@ -39,8 +39,12 @@ def run_interpreters(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_threshold_search_exhaustive_at_boundaries():
-    """Every threshold of the default encoder at T-1, T, T+1 and the accumulator extremes,
-    through the binary-search subgraph, against searchsorted, on every interpreter."""
+    """Every threshold of the default encoder at T-1, T, T+1, the range ends and the int32
+    extremes through both count subgraphs (the bucket table and the binary search), against
+    searchsorted, on every interpreter."""
+    from otterlite.export.tflite_writer import BUCKET_COMPARES, binary_search_count
+    from otterlite.integer_spec.types import threshold_buckets
+
     for b in ("litert", "tflm"):
         require(b)
     model, ckpt = load_frappe()
@@ -48,15 +52,20 @@ def test_threshold_search_exhaustive_at_boundaries():
     for stage in spec.stages:
         t = stage.thresholds
         lo, hi = stage.accumulator_range()
-        probes = np.concatenate([t - 1, t, t + 1, lo[:, None], hi[:, None]], axis=1)  # (C, n)
+        assert threshold_buckets(t, lo, hi).candidates.shape[0] <= BUCKET_COMPARES  # the bucket count is used
+        extremes = np.full((t.shape[0], 2), [-2 ** 31, 2 ** 31 - 2])  # INT32_MAX pads the search's table
+        probes = np.concatenate([t - 1, t, t + 1, lo[:, None], hi[:, None], lo[:, None] - 1, hi[:, None] + 1,
+                                 extremes], axis=1)  # (C, n)
         c, n = probes.shape
-        g = TfliteGraph()
-        acc = g.tensor("acc", np.int32, [1, 1, n, c])
-        data = g.serialize([acc], [count_thresholds(g, acc, t, "t")], "thresholds")
-        x = np.ascontiguousarray(probes.T.reshape(1, 1, n, c).astype(np.int32))
-        want = np.stack([np.searchsorted(t[i], probes[i], side="right") for i in range(c)]).T
-        for name, got in run_interpreters(data, x).items():
-            np.testing.assert_array_equal(got.reshape(n, c), want, err_msg=name)
+        for count in (lambda g, acc: count_thresholds(g, acc, stage, "t"),
+                      lambda g, acc: binary_search_count(g, acc, t, "t")):
+            g = TfliteGraph()
+            acc = g.tensor("acc", np.int32, [1, 1, n, c])
+            data = g.serialize([acc], [count(g, acc)], "thresholds")
+            x = np.ascontiguousarray(probes.T.reshape(1, 1, n, c).astype(np.int32))
+            want = np.stack([np.searchsorted(t[i], probes[i], side="right") for i in range(c)]).T
+            for name, got in run_interpreters(data, x).items():
+                np.testing.assert_array_equal(got.reshape(n, c), want, err_msg=name)
 
 
 @pytest.mark.parametrize("peak", [1, 127, 2047])
@@ -67,8 +76,9 @@ def test_digit_planes_reconstruct_and_stay_float_exact(peak):
     w[1] = -peak
     planes = digit_planes(w)
     np.testing.assert_array_equal(sum(16 ** i * p for i, p in enumerate(planes)), w)
-    for p in planes:
-        assert 255 * np.abs(p).reshape(4, -1).sum(1).max() < FLOAT_EXACT_LIMIT
+    for p in planes:  # every partial sum of a plane's terms lies in its accumulator range
+        lo, hi = accumulator_range(p)
+        assert max(-lo.min(), hi.max()) < FLOAT_EXACT_LIMIT
     assert len(planes) == {1: 1, 127: 2, 2047: 3}[peak]
 
 

@@ -136,13 +136,10 @@ def test_hub_offline_fails_fast_with_fix(tmp_path):
 
 
 def test_hub_source_reads_a_local_cache_offline(tmp_path):
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--danjacobellis--walloc"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    published.write_walloc(repo / "snapshots" / revision)
+    snapshot = published.hub_snapshot(tmp_path, "danjacobellis/walloc")
+    published.write_walloc(snapshot)
     model, ckpt = load_walloc("hub:danjacobellis/walloc", cache_dir=str(tmp_path), with_decoder=False)
-    assert model.config.Nd == 32 and ckpt.source.endswith(revision)
+    assert model.config.Nd == 32 and ckpt.source.endswith(snapshot.name)
 
 
 @pytest.fixture(scope="module")

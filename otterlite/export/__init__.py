@@ -103,7 +103,10 @@ def freeze(model_name: str, checkpoint: str | None, seaotter_checkpoint: str | N
         walloc = model_name == "walloc-encoder"
         model, ckpt = load_encoder_model(model_name, walloc_checkpoint if walloc else checkpoint, n_ch, cache_dir,
                                          with_decoder=False)
-        freezer = f.freeze_walloc_encoder if walloc else f.freeze_frappe_encoder
+        freezer = f.freeze_frappe_encoder
+        if walloc:  # the composed kernel once, for every bit width auto tries
+            composed = model.sensor_encoder().composed_kernel()
+            freezer = lambda m, sha, bits: f.freeze_walloc_encoder(m, sha, bits, composed)  # noqa: E731
         if weight_bits == "auto":  # WaLLoC's 9747-tap sums lose equality faster off the calibration photos
             weight_bits = fid.auto_weight_bits(model, ckpt.sha256, photos(), target, freezer,
                                                margin=WALLOC_AUTO_MARGIN if walloc else 0.0)

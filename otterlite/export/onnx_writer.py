@@ -1,13 +1,18 @@
 """Integer spec -> ONNX graph, built node by node with onnx.helper (no torch.onnx).
 
 Only exact forms are used (see shared EXACTNESS facts):
-- accumulators: ConvInteger on uint8 x uint8 weights (int8 + 128, w_zero_point 128);
-  weights wider than 8 bits are split W = 16 * W_hi + W_lo (W_hi int8, W_lo in 0..15) and
-  combined in int32; specs bounded below 2^24 may use a float32 Conv on integer values.
+- accumulators: float32 Conv of the uint8 image cast to float, per part of kernel rows
+  whose bound 255 * sum |W| is below 2^24 (every partial sum an integer below 2^24: exact
+  in any summation order), each part Cast to int32 and added (below 2^31 by freeze). Only
+  if one kernel row alone exceeds 2^24: ConvInteger on uint8 x uint8 weights (int8 + 128,
+  w_zero_point 128), 9..12-bit weights split W = 16 * W_hi + W_lo and combined in int32.
   A wrap-around border (WaLLoC) is Slice + Concat of the image before a pad-0 conv.
-- thresholds: two-level count. T is padded to 256 columns with INT32_MAX; k = #{m : a >=
-  T[16m + 15]} (0..15), then out = base + 16k + #{i < 16 : a >= T[16k + i]}, the 16 fine
-  thresholds fetched with GatherElements. Pure int32 compares: exact everywhere.
+- thresholds: a bucket table when each bucket holds at most BUCKET_COMPARES thresholds
+  (integer_spec.ThresholdBuckets: a' = clip(a, lo_c, hi_c), b = (a' - lo_c) / 2^s_c, count =
+  base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range; Gather + int32
+  compares, exact for every int32 a); else the two-level count: T padded to 256
+  columns with INT32_MAX; k = #{m : a >= T[16m + 15]} (0..15), then out = base + 16k +
+  #{i < 16 : a >= T[16k + i]}, the 16 fine thresholds fetched with GatherElements.
 - inverse tables: each tap's codes (int64, + 1, zero padded so 0 means outside the image)
   plus 257 * term index pick rows of one (terms * 257, 3) int64 table (Gather); ReduceSum
   over the terms (exact: int64 ReduceSum goes through float64, and |acc| < 2^39);
@@ -20,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, padded_thresholds, wrap_runs
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, accumulator_range,
+                                         padded_thresholds, threshold_buckets, wrap_runs)
 
 OPSET = 17
 
@@ -40,35 +46,103 @@ class GraphBuilder:
         return out
 
 
-def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str) -> str:
-    """Exact int32 accumulator of the integer conv of uint8 input x."""
+def row_parts(weights: np.ndarray, limit: int = FLOAT_EXACT_LIMIT) -> list[tuple[int, int]] | None:
+    """Kernel rows [a, b) in consecutive parts whose bound stays below `limit` for every
+    channel c (greedy, fewest parts), or None if one row alone exceeds it. The bound of a
+    part is 255 * max(sum of its positive weights, -sum of its negative ones): every partial
+    sum of its terms x * W (x in 0..255) lies between those two."""
+    def bound(a, b):
+        lo, hi = accumulator_range(weights[:, :, a:b])
+        return max(-lo.min(), hi.max())
+    k = weights.shape[2]
+    if max(bound(u, u + 1) for u in range(k)) >= limit:
+        return None
+    parts, start = [], 0
+    while start < k:
+        stop = start + 1
+        while stop < k and bound(start, stop + 1) < limit:
+            stop += 1
+        parts.append((start, stop))
+        start = stop
+    return parts
+
+
+def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str,
+               height: int) -> str:
+    """Exact int32 accumulator of the integer conv of uint8 input x (height rows).
+    float32 Conv per part of kernel rows (row_parts: every partial sum an integer below
+    2^24, so exact in any order), each Cast to int32 and added; else ConvInteger."""
     k = weights.shape[-1]
+    parts = row_parts(weights)
+    if parts is not None:
+        xf = g.op("Cast", [x], to=TensorProto.FLOAT)
+        if pad and len(parts) > 1:  # zero border made explicit, so that each part slices rows
+            xf = g.op("Pad", [xf, g.const(f"{tag}_pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))])
+            height, pad = height + 2 * pad, 0
+        accs = []
+        for i, (a, b) in enumerate(parts):
+            rows = xf
+            if len(parts) > 1:
+                rows = g.op("Slice", [xf, g.const(f"{tag}_part{i}_start", np.array([a], np.int64)),
+                                      g.const(f"{tag}_part{i}_stop", np.array([height - (k - b)], np.int64)),
+                                      g.const(f"{tag}_part{i}_axis", np.array([2], np.int64))])
+            w = g.const(f"{tag}_weights{i}_f32", weights[:, :, a:b, :].astype(np.float32))
+            part = g.op("Conv", [rows, w], kernel_shape=[b - a, k], strides=[stride, stride], pads=[pad] * 4)
+            accs.append(g.op("Cast", [part], f"{tag}_accumulator" if len(parts) == 1 else None, to=TensorProto.INT32))
+        acc = accs[0]
+        for i, part in enumerate(accs[1:], 1):
+            acc = g.op("Add", [acc, part], f"{tag}_accumulator" if i == len(accs) - 1 else None)
+        return acc
     conv = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
-    peak = int(np.abs(weights).max())
-    if peak <= 2047:
-        zp128 = g.const(f"{tag}_w_zero_point", np.array(128, np.uint8))
-    if peak <= 127:
+    zp128 = g.const(f"{tag}_w_zero_point", np.array(128, np.uint8))
+    if np.abs(weights).max() <= 127:
         w = g.const(f"{tag}_weights_u8", (weights + 128).astype(np.uint8))
         return g.op("ConvInteger", [x, w, "", zp128], f"{tag}_accumulator", **conv)
-    if peak <= 2047:
-        lo = np.mod(weights, 16)
-        hi = (weights - lo) // 16
-        w_hi = g.const(f"{tag}_weights_hi_u8", (hi + 128).astype(np.uint8))
-        w_lo = g.const(f"{tag}_weights_lo_u8", lo.astype(np.uint8))
-        a_hi = g.op("ConvInteger", [x, w_hi, "", zp128], f"{tag}_accumulator_hi", **conv)
-        a_lo = g.op("ConvInteger", [x, w_lo], f"{tag}_accumulator_lo", **conv)
-        scaled = g.op("Mul", [a_hi, g.const(f"{tag}_sixteen", np.array(16, np.int32))])
-        return g.op("Add", [scaled, a_lo], f"{tag}_accumulator")
-    bound = 255 * int(np.abs(weights).reshape(weights.shape[0], -1).sum(1).max())
-    assert bound < FLOAT_EXACT_LIMIT, "freeze guarantees the float32-exact bound for wide weights"
-    xf = g.op("Cast", [x], to=TensorProto.FLOAT)
-    w = g.const(f"{tag}_weights_f32", weights.astype(np.float32))
-    af = g.op("Conv", [xf, w], **conv)
-    return g.op("Cast", [af], f"{tag}_accumulator", to=TensorProto.INT32)
+    assert np.abs(weights).max() <= 2047, "freeze keeps weights that a row's float bound refuses within 12 bits"
+    lo = np.mod(weights, 16)
+    hi = (weights - lo) // 16
+    w_hi = g.const(f"{tag}_weights_hi_u8", (hi + 128).astype(np.uint8))
+    w_lo = g.const(f"{tag}_weights_lo_u8", lo.astype(np.uint8))
+    a_hi = g.op("ConvInteger", [x, w_hi, "", zp128], f"{tag}_accumulator_hi", **conv)
+    a_lo = g.op("ConvInteger", [x, w_lo], f"{tag}_accumulator_lo", **conv)
+    scaled = g.op("Mul", [a_hi, g.const(f"{tag}_sixteen", np.array(16, np.int32))])
+    return g.op("Add", [scaled, a_lo], f"{tag}_accumulator")
 
 
-def count_thresholds(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: tuple[int, int, int], tag: str) -> str:
-    """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}."""
+BUCKET_COMPARES = 4  # most compares per accumulator of the bucket count; more: the two-level count
+
+
+def count_thresholds(g: GraphBuilder, acc: str, stage, shape: tuple[int, int, int], tag: str) -> str:
+    """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}: by
+    the bucket table (integer_spec.ThresholdBuckets) when its buckets hold at most
+    BUCKET_COMPARES thresholds, else by the two-level count; both exact for every int32 a < INT32_MAX."""
+    lo, hi = stage.accumulator_range()
+    buckets = threshold_buckets(stage.thresholds, lo, hi)
+    if buckets.candidates.shape[0] > BUCKET_COMPARES or int((hi - lo).max()) >= 2 ** 31:
+        return count_two_level(g, acc, stage.thresholds, shape, tag)
+    c, nb = buckets.base.shape
+    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32).reshape(1, c, 1, 1))  # noqa: E731
+    inside = g.op("Min", [g.op("Max", [acc, column("range_lo", buckets.lo)]), column("range_hi", buckets.hi)])
+    bucket = g.op("Div", [g.op("Sub", [inside, column("bucket_lo", buckets.lo)]),  # >= 0: Div is floor
+                          column("bucket_width", np.int64(1) << buckets.shift)])
+    index = g.op("Add", [bucket, column("bucket_offset", nb * np.arange(c))])
+    count = g.op("Gather", [g.const(f"{tag}_bucket_base", buckets.base.reshape(-1).astype(np.int32)), index], axis=0)
+    terms = []
+    for i in range(buckets.candidates.shape[0]):
+        candidate = g.op("Gather", [g.const(f"{tag}_bucket_candidates{i}",
+                                            buckets.candidates[i].reshape(-1).astype(np.int32)), index], axis=0)
+        terms.append(g.op("Cast", [g.op("GreaterOrEqual", [inside, candidate])], to=TensorProto.INT32))
+    for k in range(buckets.values.shape[0]):  # the piles of thresholds outside the range
+        passed = g.op("Cast", [g.op("GreaterOrEqual", [acc, column(f"outside{k}", buckets.values[k])])],
+                      to=TensorProto.INT32)
+        terms.append(g.op("Mul", [passed, column(f"outside{k}_count", buckets.counts[k])]))
+    for i, term in enumerate(terms):
+        count = g.op("Add", [count, term], f"{tag}_count" if i == len(terms) - 1 else None)
+    return count
+
+
+def count_two_level(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: tuple[int, int, int], tag: str) -> str:
+    """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}, any a < INT32_MAX."""
     c, h, w = shape
     padded = padded_thresholds(thresholds).astype(np.int32)
     flat = g.op("Reshape", [acc, g.const(f"{tag}_shape_c1n", np.array([c, 1, h * w], np.int64))])
@@ -113,10 +187,10 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
         shape = output_shape(stage, height, width)
         if stage.border == "wrap":
             x = wrap_pad(g, "image", stage.pad, height, width)
-            acc = accumulate(g, x, stage.weights, stage.stride, 0, tag)
+            acc = accumulate(g, x, stage.weights, stage.stride, 0, tag, height + 2 * stage.pad)
         else:
-            acc = accumulate(g, "image", stage.weights, stage.stride, stage.pad, tag)
-        count = count_thresholds(g, acc, stage.thresholds, shape, tag)
+            acc = accumulate(g, "image", stage.weights, stage.stride, stage.pad, tag, height)
+        count = count_thresholds(g, acc, stage, shape, tag)
         level = g.op("Add", [count, g.const(f"{tag}_base", np.array(spec.base, np.int32))])
         g.op("Cast", [level], name, to=out_type)
         outputs.append(helper.make_tensor_value_info(name, out_type, [1, *shape]))

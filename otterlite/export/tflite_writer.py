@@ -6,7 +6,12 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
   the weights, W = sum_i 16^i D_i, with each plane's partial sums below 2^24 (so exact in
   any summation order, XNNPACK included) -> CAST int32 (exact integers) -> MUL 16^i, ADD.
   A wrap-around border (WaLLoC) is SLICE + CONCATENATION of the float32 image first.
-- thresholds: an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
+- thresholds: a bucket table where its buckets hold at most BUCKET_COMPARES thresholds
+  (integer_spec.ThresholdBuckets: a' = MAXIMUM/MINIMUM-clipped a, b = (a' - lo_c) / 2^s_c by
+  int32 DIV, count = base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range;
+  base and candidates GATHERed from float32 tables: exact below 2^24, larger thresholds as
+  two 16-bit halves). Else
+  an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
   columns with INT32_MAX and stored as two float32 tables hi = T >> 16, lo = T & 0xFFFF
   (both exact in float32); each step GATHERs hi and lo at c*256 + pos + step - 1, rebuilds
   T = int32(hi) * 65536 + int32(lo) and adds step where a >= T. Working memory per step is
@@ -29,7 +34,7 @@ import tflite
 from tflite.BuiltinOperator import BuiltinOperator as Op
 
 from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec,
-                                          padded_thresholds, wrap_runs)
+                                          accumulator_range, padded_thresholds, threshold_buckets, wrap_runs)
 
 TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
          np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
@@ -185,9 +190,11 @@ def _operator(b, opcode_index: int, inputs: list[int], outputs: list[int], code:
 
 def digit_planes(weights: np.ndarray) -> list[np.ndarray]:
     """W = sum_i 16^i D_i with the fewest planes whose float32 conv of uint8 input is exact:
-    lower planes in [-8, 7], the top plane whatever remains, each 255 * sum|D_i| < 2^24."""
+    lower planes in [-8, 7], the top plane whatever remains, each plane's partial sums below
+    2^24 (255 * max(sum of its positive digits, -sum of its negative ones) per channel)."""
     def bound(w):
-        return 255 * int(np.abs(w).reshape(w.shape[0], -1).sum(1).max())
+        lo, hi = accumulator_range(w)
+        return int(max(-lo.min(), hi.max()))
     planes, rest = [], weights.astype(np.int64)
     while bound(rest) >= FLOAT_EXACT_LIMIT:
         low = (rest + 8) % 16 - 8
@@ -246,8 +253,63 @@ def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: in
     return acc
 
 
-def count_thresholds(g: TfliteGraph, acc: int, thresholds: np.ndarray, tag: str) -> int:
-    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search."""
+BUCKET_COMPARES = 4  # most compares per accumulator of the bucket count; more: the binary search
+
+
+def count_thresholds(g: TfliteGraph, acc: int, stage, tag: str) -> int:
+    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]}: by the bucket
+    table (integer_spec.ThresholdBuckets) when its buckets hold at most BUCKET_COMPARES
+    thresholds, else by binary search; both exact for every int32 a < INT32_MAX. TFLM has no int32 GATHER,
+    so the tables are float32 (counts, and thresholds below 2^24, are exact; larger ones are
+    stored as two 16-bit halves)."""
+    lo, hi = stage.accumulator_range()
+    buckets = threshold_buckets(stage.thresholds, lo, hi)
+    if buckets.candidates.shape[0] > BUCKET_COMPARES or int((hi - lo).max()) >= 2 ** 31:
+        return binary_search_count(g, acc, stage.thresholds, tag)
+    shape = g.shape(acc)
+    c, nb = buckets.base.shape
+    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32))  # noqa: E731  (C,): the last axis
+    inside = g.op(Op.MAXIMUM, [acc, column("range_lo", buckets.lo)], np.int32, shape, f"{tag}_above_range_lo")
+    inside = g.op(Op.MINIMUM, [inside, column("range_hi", buckets.hi)], np.int32, shape, f"{tag}_in_range")
+    shifted = g.op(Op.ADD, [inside, column("minus_lo", -buckets.lo)], np.int32, shape, f"{tag}_above_lo")
+    bucket = g.op(Op.DIV, [shifted, column("bucket_width", np.int64(1) << buckets.shift)], np.int32, shape,
+                  f"{tag}_bucket")  # >= 0: truncation is floor
+    index = g.op(Op.ADD, [bucket, column("bucket_offset", nb * np.arange(c))], np.int32, shape, f"{tag}_bucket_index")
+
+    def lookup(table: np.ndarray, name: str) -> int:
+        """table[index] as int32: one float32 GATHER, or hi = t >> 16 and lo = t & 0xFFFF when
+        some entry reaches 2^24, rebuilt as int32(hi) * 65536 + int32(lo)."""
+        halves = [("", table)] if np.abs(table).max() < FLOAT_EXACT_LIMIT else [("_hi", table >> 16),
+                                                                                 ("_lo", table & 0xFFFF)]
+        parts = []
+        for half, values in halves:
+            value = g.op(Op.GATHER, [g.const(f"{tag}_{name}{half}_table", values.reshape(-1).astype(np.float32)), index],
+                         np.float32, shape, f"{tag}_{name}{half}_f32", Axis=0, BatchDims=0)
+            parts.append(g.op(Op.CAST, [value], np.int32, shape, f"{tag}_{name}{half}"))
+        if len(parts) == 1:
+            return parts[0]
+        upper = g.op(Op.MUL, [parts[0], g.const(f"{tag}_{name}_65536", np.array([65536], np.int32))], np.int32, shape,
+                     f"{tag}_{name}_upper")
+        return g.op(Op.ADD, [upper, parts[1]], np.int32, shape, f"{tag}_{name}")
+    count = lookup(buckets.base, "bucket_base")
+    terms = []
+    for m in range(buckets.candidates.shape[0]):  # INT32_MAX -> hi + 1: never passed by a clipped a either
+        candidate = lookup(np.minimum(buckets.candidates[m], buckets.hi[:, None] + 1), f"candidate{m}")
+        passed = g.op(Op.GREATER_EQUAL, [inside, candidate], np.bool_, shape, f"{tag}_ge{m}")
+        terms.append(g.op(Op.CAST, [passed], np.int32, shape, f"{tag}_passed{m}"))
+    for k in range(buckets.values.shape[0]):  # the piles of thresholds outside the range
+        passed = g.op(Op.GREATER_EQUAL, [acc, column(f"outside{k}", buckets.values[k])], np.bool_, shape,
+                      f"{tag}_ge_outside{k}")
+        passed = g.op(Op.CAST, [passed], np.int32, shape, f"{tag}_passed_outside{k}")
+        terms.append(g.op(Op.MUL, [passed, column(f"outside{k}_count", buckets.counts[k])], np.int32, shape,
+                          f"{tag}_outside{k}"))
+    for i, term in enumerate(terms):
+        count = g.op(Op.ADD, [count, term], np.int32, shape, f"{tag}_count{i}")
+    return count
+
+
+def binary_search_count(g: TfliteGraph, acc: int, thresholds: np.ndarray, tag: str) -> int:
+    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search, any a."""
     shape = g.shape(acc)
     c = thresholds.shape[0]
     padded = padded_thresholds(thresholds)
@@ -302,7 +364,7 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
             acc = accumulate(g, wrap_pad(g, x, stage.pad, tag), stage.weights, stage.stride, 0, tag)
         else:
             acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag)
-        count = count_thresholds(g, acc, stage.thresholds, tag)
+        count = count_thresholds(g, acc, stage, tag)
         outputs.append(narrow(g, count, spec.base, out_dtype, name))
     return g.serialize([image], outputs, spec.kind)
 

@@ -125,15 +125,17 @@ def freeze_frappe_encoder(model, source_sha256: str, weight_bits: int | list[int
 WALLOC_WEIGHT_BITS = 12
 
 
-def freeze_walloc_encoder(model, source_sha256: str, weight_bits: int = WALLOC_WEIGHT_BITS) -> ThresholdConvSpec:
+def freeze_walloc_encoder(model, source_sha256: str, weight_bits: int = WALLOC_WEIGHT_BITS,
+                          composed: tuple | None = None) -> ThresholdConvSpec:
     """The wavelet packet + 1x1 conv as one composed stride-2^J wrap-around kernel
-    (WallocModel.composed_kernel, float64), quantized per channel; x_in = x/255 - 0.5, so
-    u = s_c * (a - 127.5 * sum W_int) / 255 + b_c; ToUniform and round-half-even in the thresholds."""
+    (WallocEncoder.composed_kernel, float64; `composed` its result if already computed),
+    quantized per channel; x_in = x/255 - 0.5, so u = s_c * (a - 127.5 * sum W_int) / 255 + b_c;
+    ToUniform and round-half-even in the thresholds."""
     if isinstance(weight_bits, (list, tuple)):
         if len(weight_bits) != 1:
             raise OtterliteError(f"{len(weight_bits)} weight bit widths for WaLLoC's one stage")
         weight_bits = weight_bits[0]
-    kernel, bias, pad = model.sensor_encoder().composed_kernel()
+    kernel, bias, pad = composed or model.sensor_encoder().composed_kernel()
     fn = elementwise(model.encoder[1])
 
     def offset(w_int, s):

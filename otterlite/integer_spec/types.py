@@ -51,6 +51,69 @@ def padded_thresholds(thresholds: np.ndarray, columns: int = 256) -> np.ndarray:
     return padded
 
 
+@dataclass
+class ThresholdBuckets:
+    """A threshold count as one table lookup and a few compares, exact for every int32 a.
+    The thresholds inside channel c's accumulator range (lo_c < T <= hi_c) go into a table:
+    [lo_c, hi_c] is cut into buckets of width 2^shift_c; with a' = clip(a, lo_c, hi_c) and
+    b = (a' - lo_c) >> shift_c (bucket b covers lo_c + b 2^shift_c .. lo_c + (b + 1) 2^shift_c - 1),
+        #{j : a >= T[c, j]} = base[c, b] + sum_m (a' >= candidates[m, c, b])
+                              + sum_k counts[k, c] * (a >= values[k, c])
+    base: the inside thresholds at or below the bucket's first value (passed by every a' in
+    it); candidates: the at most M inside thresholds in the bucket (INT32_MAX: never passed);
+    values / counts: the distinct thresholds outside the range (freeze piles the unreachable
+    levels on lo and on just above hi), how many share each (padding: INT32_MAX, 0)."""
+    shift: np.ndarray  # (C,) int64
+    lo: np.ndarray  # (C,) int64
+    hi: np.ndarray  # (C,) int64
+    base: np.ndarray  # (C, B) int64, B buckets (the widest channel's; unused ones repeat the last)
+    candidates: np.ndarray  # (M, C, B) int64
+    values: np.ndarray  # (K, C) int64
+    counts: np.ndarray  # (K, C) int64
+
+
+def threshold_buckets(thresholds: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                      max_buckets: int = 4096) -> ThresholdBuckets:
+    """The smallest table (64, 128, ... up to max_buckets buckets per channel) whose buckets
+    hold at most one threshold each, or the largest if none does."""
+    tables = 64
+    while True:
+        buckets = bucket_table(thresholds, lo, hi, tables)
+        if buckets.candidates.shape[0] == 1 or 2 * tables > max_buckets:
+            return buckets
+        tables *= 2
+
+
+def bucket_table(thresholds: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_buckets: int) -> ThresholdBuckets:
+    """Per channel the narrowest power-of-two bucket width with at most max_buckets buckets
+    over [lo_c, hi_c]; M = the most thresholds any bucket holds."""
+    t = np.asarray(thresholds, np.int64)
+    lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+    c = t.shape[0]
+    shift = np.zeros(c, np.int64)
+    for i in range(c):
+        while ((int(hi[i]) - int(lo[i])) >> int(shift[i])) + 1 > max_buckets:
+            shift[i] += 1
+    buckets = int(max(((int(h) - int(l)) >> int(s)) + 1 for h, l, s in zip(hi, lo, shift)))
+    start = lo[:, None] + (np.arange(buckets)[None, :] << shift[:, None])  # (C, B) first value of each bucket
+    end = np.minimum(start + (np.int64(1) << shift[:, None]) - 1, hi[:, None])
+    inner = (t > lo[:, None]) & (t <= hi[:, None])  # (C, L)
+    base = ((t[:, None, :] <= start[:, :, None]) & inner[:, None, :]).sum(-1)
+    inside = (t[:, None, :] > start[:, :, None]) & (t[:, None, :] <= end[:, :, None])  # (C, B, L)
+    m = max(int(inside.sum(-1).max()), 1)
+    candidates = np.full((m, c, buckets), INT32_MAX, np.int64)
+    for i in range(c):
+        for b in np.flatnonzero(inside[i].any(-1)):
+            found = t[i][inside[i, b]]
+            candidates[: found.size, i, b] = found
+    outside = [np.unique(t[i][~inner[i]], return_counts=True) for i in range(c)]
+    k = max(1, max(len(v) for v, _ in outside))
+    values, counts = np.full((k, c), INT32_MAX, np.int64), np.zeros((k, c), np.int64)
+    for i, (v, n) in enumerate(outside):
+        values[: len(v), i], counts[: len(v), i] = v, n
+    return ThresholdBuckets(shift, lo, hi, base, candidates, values, counts)
+
+
 def wrap_runs(n: int, pad: int) -> list[tuple[int, int]]:
     """The rows (or columns) of a side of n samples wrap-padded by `pad`, i.e. indices
     (-pad .. n + pad - 1) mod n, as contiguous [start, stop) runs: what the emitters slice

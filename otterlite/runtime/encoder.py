@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, ThresholdConvSpec, check_encoder_spec, read_spec, wrap_runs
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, ThresholdConvSpec, accumulator_range, check_encoder_spec,
+                                         read_spec, wrap_runs)
 
 
 def load_encoder_spec(source: str | Path | bytes, kind: str = "frappe-encoder") -> ThresholdConvSpec:
@@ -46,18 +47,31 @@ def count_levels(thresholds: np.ndarray, acc: np.ndarray, base: int = -127) -> n
     return out
 
 
+def kernel_rows(stage) -> np.ndarray:
+    """W[c, ch, u, v] -> (K, 3K, C) int64: per kernel row u its (3K, C) weights in (ch, v)
+    order, the order of a window of wrapped pixels (3, K) flattened."""
+    w = stage.weights.astype(np.int64)
+    return w.transpose(2, 1, 3, 0).reshape(w.shape[2], 3 * w.shape[3], w.shape[0])
+
+
+def wrapped_index(n: int, pad: int) -> np.ndarray:
+    """The indices (-pad .. n + pad - 1) mod n (wrap_runs as one array)."""
+    return np.concatenate([np.arange(a, b) for a, b in wrap_runs(n, pad)])
+
+
 class WrapStage:
     """WaLLoC's one stage: kernel K, stride s, wrap-around border pad p. Per kernel row u,
         a[i, j, c] += sum_{ch, v} x[s*i + u - p, s*j + v - p, ch] * W[c, ch, u, v]   (indices mod H, W)
     as one batched matmul of the frame's (h, w, 3K) windows by the (3K, C) slice of row u:
-    float32 where 255 * sum |W[c, :, u, :]| < 2^24 (every partial sum an exact integer),
-    float64 otherwise; the rows u summed in float64 (below 2^31: exact)."""
+    float32 where row u's partial sums stay below 2^24 (255 * max(sum of its positive
+    weights, -sum of its negative ones)), float64 otherwise; the rows u summed in float64
+    (below 2^31: exact)."""
 
     def __init__(self, stage):
         self.k, self.s, self.p = stage.weights.shape[-1], stage.stride, stage.pad
-        w = stage.weights.astype(np.int64)  # (C, 3, K, K) -> per u (3K, C) in (ch, v) order
-        rows = w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0])
-        bounds = 255 * np.abs(rows).sum(axis=1).max(axis=1)
+        rows = kernel_rows(stage)
+        bounds = [max(-lo.min(), hi.max()) for lo, hi in (accumulator_range(stage.weights[:, :, u:u + 1])
+                                                          for u in range(self.k))]
         self.dtypes = [np.float32 if b < FLOAT_EXACT_LIMIT else np.float64 for b in bounds]
         self.rows = [np.ascontiguousarray(r, d) for r, d in zip(rows, self.dtypes)]
 
@@ -65,8 +79,7 @@ class WrapStage:
         """(H, W, 3) uint8, sides multiples of s -> (H/s, W/s, C) float64 holding the integers."""
         height, width = rgb.shape[:2]
         h, w = height // self.s, width // self.s
-        rows = np.concatenate([np.arange(a, b) for a, b in wrap_runs(height, self.p)])
-        cols = np.concatenate([np.arange(a, b) for a, b in wrap_runs(width, self.p)])
+        rows, cols = wrapped_index(height, self.p), wrapped_index(width, self.p)
         frames = {d: rgb.astype(d)[rows][:, cols] for d in set(self.dtypes)}
         acc = np.zeros((h, w, self.rows[0].shape[1]), np.float64)
         for u, (weights, dtype) in enumerate(zip(self.rows, self.dtypes)):
@@ -171,10 +184,9 @@ class WrapStreamingEncoder(RowEncoder):
         self.width, self.height = width, height
         self.padded_height, self.padded_width = spec.padded_size(height, width)
         self.rows_out, self.cols_out = self.padded_height // self.s, self.padded_width // self.s
-        w = stage.weights.astype(np.float64)  # per kernel row u: (3K, C) in (ch, v) order
-        self.weights = np.ascontiguousarray(w.transpose(2, 1, 3, 0).reshape(self.k, 3 * self.k, w.shape[0]))
+        self.weights = np.ascontiguousarray(kernel_rows(stage), np.float64)
         self.thresholds, self.base = stage.thresholds, spec.base
-        self.cols = np.concatenate([np.arange(a, b) for a, b in wrap_runs(self.padded_width, self.p)])
+        self.cols = wrapped_index(self.padded_width, self.p)
         self.row_buffer = np.zeros(self.padded_width * 3, np.float64)
         self.traced, self.peak_open = None, 0
         self.reset()
