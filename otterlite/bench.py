@@ -14,6 +14,11 @@ WaLLoC (embedded default): its exact encoder (the composed 57x57 stride-8 spec e
 by default) on numpy, onnxruntime and LiteRT against the torch float WaLLoC encoder (the
 wavelet packet cascade + 1x1 conv) in the same rounds, each checked against numpy's latents.
 
+The consumer: Pillow's plain RGB decode of the SEA OTTER JPEG as the reference, against
+JPEG + inverse by numpy (the 2^24-entry table; the formula) and by the generated C inverse
+(c-lib, on Pillow's raw components); and the inverse transform alone (codes -> RGB, from
+memory) on numpy, c-lib, onnxruntime and LiteRT, each checked against numpy's output.
+
 Two references beside torch float, built and timed in the same run:
 - memory-read: one vectorized pass that only reads the frame (numpy's max over it as
   uint64), the limit of any encoder that reads every pixel once; each encoder's figure is
@@ -215,7 +220,8 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
     from otterlite.export import freeze, photo_loader
     from otterlite.images import calibration_photos
     from otterlite.models.checkpoint import load_frappe, load_seaotter
-    from otterlite.models.jpeg import write_codec_jpeg
+    from otterlite.firmware_sim.consumer import LibraryInverse
+    from otterlite.models.jpeg import read_codec_jpeg, write_codec_jpeg
     from otterlite.runtime import ConsumerDecoder, StreamingEncoder
     from otterlite.integer_spec.fidelity import Target
     from otterlite.integer_spec.freeze import freeze_seaotter_inverse
@@ -234,10 +240,11 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
     available = [b for b in ENCODERS if not BACKENDS[b].missing()]
     peer = not BACKENDS["ort-O3-t1"].missing()  # the QDQ peer runs on onnxruntime
     photos = calibration_photos(None)
-    result = {"encoder": {}, "consumer": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"],
+    result = {"encoder": {}, "consumer": {}, "inverse_transform": {}, "threads": 1, "repeats": repeats, "n_ch": spec.info["n_ch"],
               "weight_bits": spec.info["weight_bits"], "consumer_table_build_s": table_build_s}
     steps, step = len(sizes) * (len(available) + 2 + peer), 0
     with tempfile.TemporaryDirectory() as tmp:
+        library = None if BACKENDS["c-lib"].missing() else LibraryInverse(inverse, Path(tmp) / "inverse-c")
         for height, width in sizes:
             size = f"{width}x{height}"
             rgb = photo(height, width)
@@ -278,9 +285,20 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
             with torch.no_grad():
                 codec = bundle.fwd.to_codec_uint8(torch.from_numpy(x))[0].numpy().transpose(1, 2, 0)
             jpeg = write_codec_jpeg(np.ascontiguousarray(codec), bundle.qtable(1), so_ckpt.sha256, 1)
-            seconds = best_times({"pillow-jpeg-decode": lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")),
-                                  "numpy": lambda: consumer.decode(jpeg),
-                                  "numpy-formula": lambda: formula.decode(jpeg)}, repeats)
+            codes = read_codec_jpeg(jpeg)[0]
+            transforms = {"numpy": lambda: consumer.transform(codes), "numpy-formula": lambda: formula.transform(codes)}
+            decodes = {"pillow-jpeg-decode": lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")),
+                       "numpy": lambda: consumer.decode(jpeg), "numpy-formula": lambda: formula.decode(jpeg)}
+            if library is not None:  # the JPEG's raw components (Pillow) through the compiled inverse
+                transforms["c-lib"] = lambda: library.transform(codes)
+                decodes["c-lib"] = lambda: library.transform(read_codec_jpeg(jpeg)[0])
+            for name in ("ort-O3-t1", "litert"):
+                if not BACKENDS[name].missing():
+                    transforms[name] = timed_run(BACKENDS[name], inverse, codes, Path(tmp) / f"inverse-{size}")
+            hwc = lambda out: out[0][0].transpose(1, 2, 0) if isinstance(out, list) else out  # noqa: E731  (graphs: [NCHW])
+            exact = {name: np.array_equal(hwc(run()), transforms["numpy"]()) for name, run in transforms.items()}
+            seconds = best_times(decodes, repeats)
+            transform_seconds = best_times(transforms, repeats)
             step += 1
             say(f"[{step}/{steps}] consumer {size}: Pillow JPEG decode {mpx / seconds['pillow-jpeg-decode']:.1f} MPx/s, "
                 f"numpy JPEG + inverse {mpx / seconds['numpy']:.1f} MPx/s with the table, "
@@ -288,8 +306,11 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
             for name, t in seconds.items():
                 result["consumer"].setdefault(name, {"sizes": {}})["sizes"][size] = {
                     "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t}
+            for name, t in transform_seconds.items():
+                result["inverse_transform"].setdefault(name, {"sizes": {}})["sizes"][size] = {
+                    "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t, "exact": exact[name]}
     goal = f"{sizes[-1][1]}x{sizes[-1][0]}"
-    for table in (result["encoder"], result["consumer"]):
+    for table in (result["encoder"], result["consumer"], result["inverse_transform"]):
         for fig in table.values():
             fig.update({k: v for k, v in fig["sizes"][goal].items() if k != "exact"})
     streaming = StreamingEncoder(spec, sizes[-1][1], sizes[-1][0])
@@ -323,7 +344,10 @@ def summary(result: dict) -> list[str]:
     for name, fig in result["consumer"].items():
         lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode")
     lines.append(f"  consumer numpy: its 2^24-entry table took {result['consumer_table_build_s']:.2f} s to build; "
-                 f"'otterlite decode' (one JPEG) runs numpy-formula")
+                 f"'otterlite decode' (one JPEG) runs numpy-formula; c-lib: Pillow's raw components + the C inverse")
+    for name, fig in result.get("inverse_transform", {}).items():
+        lines.append(f"  inverse transform alone {name:<12} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x "
+                     f"Pillow JPEG decode" + ("" if fig["sizes"][at]["exact"] else "  NOT EXACT"))
     walloc = result.get("walloc")
     if walloc:
         lines.append(f"WaLLoC at {walloc['figures_at']}, 1 thread, weight bits {walloc['weight_bits']} "

@@ -202,7 +202,13 @@ def test_bench_figures_on_a_small_frame():
         assert fig["mpx_s"] > 0
         assert fig["sizes"]["96x64"]["exact"] is not False, name
     assert result["fastest_exact_encoder"] in encoders
-    assert set(result["consumer"]) == {"pillow-jpeg-decode", "numpy", "numpy-formula"}
+    from otterlite.backends import BACKENDS
+
+    compiled = set() if BACKENDS["c-lib"].missing() else {"c-lib"}
+    assert set(result["consumer"]) == {"pillow-jpeg-decode", "numpy", "numpy-formula"} | compiled
+    transforms = result["inverse_transform"]
+    assert {"numpy", "numpy-formula"} | compiled <= set(transforms)
+    assert all(fig["sizes"]["96x64"]["exact"] for fig in transforms.values()), transforms
     assert result["consumer_table_build_s"] > 0
     assert result["streaming_peak_bytes"] > result["streaming_state_bytes"] > 0
     assert any("timing torch-float" in line for line in lines)

@@ -6,6 +6,9 @@ transform for a phone or an embedded viewer: integer only, no malloc, no float.
     rgb[o] = clamp(floor(acc / 2^shift), 0, 255)   (floor written out: C99 leaves the right
              shift of a negative value to the implementation)
 
+A 1x1 mix of three channels (the published and default transforms) takes a loop over the
+pixels with the three rows it picks; other kernels the general loop with the border.
+
 Built here as a shared library and called in process (ctypes) by the `c-lib` backend.
 """
 from __future__ import annotations
@@ -44,6 +47,18 @@ static uint8_t otl_inv_clamp(int64_t acc)
 /* codes: height x width x 3 interleaved uint8 (the JPEG's raw components); rgb: the same shape. */
 void otl_inverse(const uint8_t *codes, int width, int height, uint8_t *rgb)
 {{
+#if OTL_INV_KERNEL == 1 && OTL_INV_CHANNELS == 3
+    /* a 1x1 mix: each pixel's three codes pick one row per channel (row = code + 1) */
+    const int64_t *t0 = otl_inv_rows + 3, *t1 = otl_inv_rows + 257 * 3 + 3, *t2 = otl_inv_rows + 2 * 257 * 3 + 3;
+    const long n = (long)width * height;
+    long i;
+    for (i = 0; i < n; i++, codes += 3, rgb += 3) {{
+        const int64_t *e0 = t0 + 3 * codes[0], *e1 = t1 + 3 * codes[1], *e2 = t2 + 3 * codes[2];
+        rgb[0] = otl_inv_clamp(otl_inv_bias[0] + e0[0] + e1[0] + e2[0]);
+        rgb[1] = otl_inv_clamp(otl_inv_bias[1] + e0[1] + e1[1] + e2[1]);
+        rgb[2] = otl_inv_clamp(otl_inv_bias[2] + e0[2] + e1[2] + e2[2]);
+    }}
+#else
     int x, y, c, u, v, o;
     for (y = 0; y < height; y++) {{
         for (x = 0; x < width; x++) {{
@@ -64,6 +79,7 @@ void otl_inverse(const uint8_t *codes, int width, int height, uint8_t *rgb)
             for (o = 0; o < 3; o++) rgb[((long)y * width + x) * 3 + o] = otl_inv_clamp(acc[o]);
         }}
     }}
+#endif
 }}
 """
 
