@@ -4,9 +4,10 @@
 #include "otl_encoder.h"
 
 /* The patch kernel follows the instruction set: on x86 the widest of AVX-512 VNNI, AVX2 (both
- * chosen at run time by the CPU) and SSE2; NEON; the Arm DSP extension; else plain C. The
- * tests build every variant the host can run: -DOTL_NO_AVX512 (AVX2 at most), -DOTL_NO_AVX2
- * (SSE2), -DOTL_PORTABLE (plain C). */
+ * chosen at run time by the CPU) and SSE2, and with AVX-512 VNNI the u8 x s8 bytes kernel for
+ * groups with 8-bit weights; NEON; the Arm DSP extension; else plain C. The tests build every
+ * variant the host can run: -DOTL_NO_VNNI8 (AVX-512 without the bytes kernel), -DOTL_NO_AVX512
+ * (AVX2 at most), -DOTL_NO_AVX2 (SSE2), -DOTL_PORTABLE (plain C). */
 #if defined(OTL_PORTABLE)
 #elif defined(__SSE2__)
 #include <immintrin.h>
@@ -16,7 +17,7 @@
 #include <arm_acle.h>
 #endif
 
-#define OTL_KERNEL_VALUES ((3 * OTL_LARGEST_KERNEL + 7) / 8 * 8)  /* 3K rounded up to whole quads of pairs */
+#define OTL_KERNEL_VALUES ((3 * OTL_LARGEST_KERNEL + 15) / 16 * 16)  /* 3K rounded up to what a kernel reads */
 
 typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w,
                                const otl_group *grp);
@@ -272,11 +273,64 @@ static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int co
         }
     }
 }
+
+/* The 8-bit weights of a group (grp->weights8), four at a time against four pixel values
+ * (u8 x s8, VPDPBUSD: 64 products per instruction, twice VPDPWSSD's): quads q of
+ * x[4q..4q+3] broadcast to four lanes each, against [block][quad][lane][4] weights. */
+#if !defined(OTL_NO_VNNI8)
+#define OTL_BYTES_KERNEL
+static OTL_AVX512 OTL_INLINE __m512i spread_quads(const uint8_t *x) {
+    const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)x)));
+}
+
+static OTL_AVX512 void add_bytes_avx512(int32_t *acc, const uint8_t *x, int count, int step, const int8_t *w,
+                                        const otl_group *grp) {
+    const int c = grp->channels;
+    const size_t block = (size_t)16 * (size_t)grp->quads;
+    int i, b, q;
+    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
+        const uint8_t *x1 = i + 1 < count ? x + step : x;
+        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
+            const int8_t *wb = w + (size_t)b * block;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            __m512i t0 = _mm512_setzero_si512(), t1 = _mm512_setzero_si512();
+            for (q = 0; q < grp->quads; q += 4, wb += 64) {
+                const __m512i u = spread_quads(x + 4 * q), v = spread_quads(x1 + 4 * q);
+                const __m512i ws = _mm512_loadu_si512((const void *)wb), wt = _mm512_loadu_si512((const void *)(wb + block));
+                s0 = _mm512_dpbusd_epi32(s0, u, ws), s1 = _mm512_dpbusd_epi32(s1, v, ws);
+                t0 = _mm512_dpbusd_epi32(t0, u, wt), t1 = _mm512_dpbusd_epi32(t1, v, wt);
+            }
+            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
+            add_lanes_sse2(acc + 4 * b + 4, quarters_sum(t0), c - 4 * b - 4);
+            if (i + 1 < count) {
+                add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
+                add_lanes_sse2(acc + c + 4 * b + 4, quarters_sum(t1), c - 4 * b - 4);
+            }
+        }
+        if (b < grp->blocks) {  /* the last block alone */
+            const int8_t *wb = w + (size_t)b * block;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            for (q = 0; q < grp->quads; q += 4, wb += 64) {
+                const __m512i ws = _mm512_loadu_si512((const void *)wb);
+                s0 = _mm512_dpbusd_epi32(s0, spread_quads(x + 4 * q), ws);
+                s1 = _mm512_dpbusd_epi32(s1, spread_quads(x1 + 4 * q), ws);
+            }
+            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
+            if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
+        }
+    }
+}
+#endif
+
+static int has_avx512_vnni(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+}
 #endif
 
 static add_patches_fn patch_kernel(void) {
 #if !defined(OTL_NO_AVX512)
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni")) return add_patches_avx512;
+    if (has_avx512_vnni()) return add_patches_avx512;
 #endif
     return __builtin_cpu_supports("avx2") ? add_patches_avx2 : add_patches_sse2;
 }
@@ -387,7 +441,33 @@ static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
     return grp->weights + (size_t)u * (size_t)grp->blocks * (size_t)(8 * grp->pairs);
 }
 
+/* 1 when the group's rows go through add_bytes_avx512: 8-bit weights, compiled in, on a CPU
+ * with AVX-512 VNNI. */
+static int bytes_kernel(const otl_group *grp) {
+#ifdef OTL_BYTES_KERNEL
+    return grp->weights8 != NULL && has_avx512_vnni();
+#else
+    (void)grp;
+    return 0;
+#endif
+}
+
+/* acc[i][c] += kernel row u over `count` patches x + step * i, by the group's kernel. */
+static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x, int count, int step) {
+    if (bytes_kernel(grp)) {
+#ifdef OTL_BYTES_KERNEL
+        add_bytes_avx512(acc, x, count, step, grp->weights8 + (size_t)u * (size_t)grp->blocks * (size_t)(16 * grp->quads),
+                         grp);
+#endif
+        return;
+    }
+    patch_kernel()(acc, x, count, step, kernel_row(grp, u), grp);
+}
+
 #if !OTL_WRAP
+/* Values the group's kernel reads per patch: 4 * quads (bytes kernel) or 2 * pairs. */
+static int values_read(const otl_group *grp) { return bytes_kernel(grp) ? 4 * grp->quads : 2 * grp->pairs; }
+
 /* Patch j's bytes of this row copied to buf and zero-padded to n values; past the real width
  * the last pixel repeats (edge replication). */
 static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int k, int j, int width) {
@@ -401,19 +481,19 @@ static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int 
     return buf;
 }
 
-/* acc[j][c] += patch row j of `rgb` (phase u), for one group: the patches that lie inside the
- * row and need no zero padding straight from it, the others through padded_patch. */
+/* acc[j][c] += patch row j of `rgb` (phase u), for one group: the patches whose n-value read
+ * (the 3k values, then zero weights) stays inside the row's real pixels straight from it, the
+ * others through padded_patch. */
 static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, int width, int padded_width,
                        int u) {
-    const int k = grp->stride, cols = padded_width / k, n = 2 * grp->pairs;
-    const int inside = n == 3 * k ? width / k : 0;
-    const otl_weight_t *w = kernel_row(grp, u);
-    const add_patches_fn kernel = patch_kernel();
+    const int k = grp->stride, cols = padded_width / k, n = values_read(grp);
+    const int fit = 3 * width >= n ? (3 * width - n) / (3 * k) + 1 : 0;
+    const int inside = fit < width / k ? fit : width / k;
     uint8_t buf[OTL_KERNEL_VALUES];
     int j;
-    kernel(acc, rgb, inside, n, w, grp);
+    add_row(grp, u, acc, rgb, inside, 3 * k);
     for (j = inside; j < cols; j++)
-        kernel(acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, n, w, grp);
+        add_row(grp, u, acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, n);
 }
 #endif
 
@@ -471,7 +551,6 @@ static int push_wrapped(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, 
     const int n = enc->padded_height, s = grp->stride, p = grp->pad, k = grp->kernel;
     const int rows = n / s, cols = enc->padded_width / s;
     const size_t acc_row = (size_t)grp->channels * (size_t)cols;
-    const add_patches_fn kernel = patch_kernel();
     int t, i, emitted = 0;
     wrap_row(enc->wrapped, wrapped_bytes(enc->padded_width), rgb, enc->width, enc->padded_width, p);
     for (t = (enc->row + p) % n - p; t < n + p; t += n) {
@@ -481,7 +560,7 @@ static int push_wrapped(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, 
             int32_t *acc;
             if (slot < 0) return OTL_ERR_STATE;
             acc = enc->acc[0] + (size_t)slot * acc_row;
-            kernel(acc, enc->wrapped, cols, 3 * s, kernel_row(grp, t - (s * i - p)), grp);
+            add_row(grp, t - (s * i - p), acc, enc->wrapped, cols, 3 * s);
             if (++enc->open_count[slot] == k) {
                 emitted += emit_row(enc, 0, i, acc, emit, ctx);
                 enc->open_row[slot] = -1, enc->open_count[slot] = 0;

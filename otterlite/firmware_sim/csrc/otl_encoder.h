@@ -50,6 +50,9 @@ typedef struct {
     int blocks;              /* ceil(C / 4): blocks of four channels */
     const otl_weight_t *weights;  /* [K][blocks][pairs][4][2]: kernel row u, block b, pair p, lane l,
                                      = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3K */
+    int quads;               /* ceil(3K / 16) * 4: quads of values per kernel row (weights8) */
+    const int8_t *weights8;  /* 8-bit weights only (else NULL): [K][blocks][quads][4][4]
+                                = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
     const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
 } otl_group;
 
