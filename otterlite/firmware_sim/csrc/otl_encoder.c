@@ -277,7 +277,7 @@ static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int co
 /* The 8-bit weights of a group (grp->weights8), four at a time against four pixel values
  * (u8 x s8, VPDPBUSD: 64 products per instruction, twice VPDPWSSD's): quads q of
  * x[4q..4q+3] broadcast to four lanes each, against [block][quad][lane][4] weights. */
-#if !defined(OTL_NO_VNNI8)
+#if OTL_BYTES_WEIGHTS
 #define OTL_BYTES_KERNEL
 static OTL_AVX512 OTL_INLINE __m512i spread_quads(const uint8_t *x) {
     const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -379,6 +379,71 @@ static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, con
 }
 static add_patches_fn patch_kernel(void) { return add_patches; }
 #else
+#if OTL_DSP_WEIGHTS
+/* Arm DSP: four bytes x0..x3 in one load, UXTB16 makes the halfword pairs (x0, x2) and (x1, x3)
+ * and SMLAD adds both 16 x 16-bit products of a pair per instruction, three channels at a time
+ * (the groups' channel counts are multiples of 3, so no lane is wasted) against weights_dsp,
+ * read as words (one halfword pair each), two quads per loop pass. */
+static uint32_t odd_bytes(uint32_t v) {  /* (x1, x3) as halfwords */
+#if defined(__GNUC__)
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+#else
+    return (v >> 8) & 0x00FF00FFu;
+#endif
+}
+
+static uint32_t load_bytes(const uint8_t *x) {
+    uint32_t v;
+    __builtin_memcpy(&v, x, sizeof(v));  /* one LDR (unaligned allowed on these cores) */
+    return v;
+}
+
+/* lo, hi = the two words of w[i] in one LDRD (GCC's own code splits such a load in two) */
+#if defined(__GNUC__)
+#define OTL_LOAD_LANE(lo, hi, w, i) __asm__("ldrd %0, %1, [%2, %3]" : "=r"(lo), "=r"(hi) : "r"(w), "I"(8 * (i)))
+#else
+#define OTL_LOAD_LANE(lo, hi, w, i) (lo = (uint32_t)(w)[i], hi = (uint32_t)((w)[i] >> 32))
+#endif
+
+/* s0..s2 += the quad v (four bytes) against the three lanes' weights w[0..2] */
+#define OTL_DSP_QUAD(s0, s1, s2, v, w)                                                         \
+    do {                                                                                     \
+        const int16x2_t even = (int16x2_t)__uxtb16(v), odd = (int16x2_t)odd_bytes(v);        \
+        uint32_t lo, hi;                                                                     \
+        OTL_LOAD_LANE(lo, hi, w, 0);                                                         \
+        s0 = __smlad(odd, (int16x2_t)hi, __smlad(even, (int16x2_t)lo, s0));                  \
+        OTL_LOAD_LANE(lo, hi, w, 1);                                                         \
+        s1 = __smlad(odd, (int16x2_t)hi, __smlad(even, (int16x2_t)lo, s1));                  \
+        OTL_LOAD_LANE(lo, hi, w, 2);                                                         \
+        s2 = __smlad(odd, (int16x2_t)hi, __smlad(even, (int16x2_t)lo, s2));                  \
+    } while (0)
+
+static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
+    const int quads = grp->dsp_quads;
+    int i, b, q;
+    for (i = 0; i < count; i++, acc += grp->channels, x += step) {
+        const uint64_t *wb = (const uint64_t *)(const void *)w;  /* kernel_row passes weights_dsp on */
+        for (b = 0; b < grp->trios; b++) {
+            int32_t s0 = 0, s1 = 0, s2 = 0;
+            for (q = 0; q + 2 <= quads; q += 2, wb += 6) {
+                const uint32_t v0 = load_bytes(x + 4 * q), v1 = load_bytes(x + 4 * q + 4);
+                OTL_DSP_QUAD(s0, s1, s2, v0, wb);
+                OTL_DSP_QUAD(s0, s1, s2, v1, wb + 3);
+            }
+            if (q < quads) {
+                const uint32_t v0 = load_bytes(x + 4 * q);
+                OTL_DSP_QUAD(s0, s1, s2, v0, wb);
+                wb += 3;
+            }
+            acc[3 * b] += s0;  /* lanes past C have zero weights, but no accumulator: skip them */
+            if (grp->channels > 3 * b + 1) acc[3 * b + 1] += s1;
+            if (grp->channels > 3 * b + 2) acc[3 * b + 2] += s2;
+        }
+    }
+}
+#else
 static void add_lanes(int32_t *acc, int32_t s0, int32_t s1, int32_t s2, int32_t s3, int lanes) {
     acc[0] += s0;  /* lanes >= 1: every block holds at least one channel */
     if (lanes > 1) acc[1] += s1;
@@ -386,35 +451,6 @@ static void add_lanes(int32_t *acc, int32_t s0, int32_t s1, int32_t s2, int32_t 
     if (lanes > 3) acc[3] += s3;
 }
 
-#if defined(__ARM_FEATURE_SIMD32) && !defined(OTL_PORTABLE)
-/* Arm DSP: (x[0], x[1]) as two halfwords; SMLAD adds both 16 x 16-bit products of a pair per
- * instruction, four channels at a time. */
-static int16x2_t byte_pair(const uint8_t *x) { return (int16x2_t)((uint32_t)x[0] | (uint32_t)x[1] << 16); }
-
-static int16x2_t weight_pair(const otl_weight_t *w) {
-    int16x2_t v;
-    __builtin_memcpy(&v, w, sizeof(v));  /* one LDR (freestanding builds do not inline memcpy) */
-    return v;
-}
-
-static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
-    int i, b, p;
-    for (i = 0; i < count; i++, acc += grp->channels, x += step) {
-        const otl_weight_t *wb = w;
-        for (b = 0; b < grp->blocks; b++) {
-            int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (p = 0; p < grp->pairs; p++, wb += 8) {
-                const int16x2_t xx = byte_pair(x + 2 * p);
-                s0 = __smlad(xx, weight_pair(wb), s0);
-                s1 = __smlad(xx, weight_pair(wb + 2), s1);
-                s2 = __smlad(xx, weight_pair(wb + 4), s2);
-                s3 = __smlad(xx, weight_pair(wb + 6), s3);
-            }
-            add_lanes(acc + 4 * b, s0, s1, s2, s3, grp->channels - 4 * b);
-        }
-    }
-}
-#else
 static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w, const otl_group *grp) {
     int i, b, p;
     for (i = 0; i < count; i++, acc += grp->channels, x += step) {
@@ -436,9 +472,14 @@ static void add_patches(int32_t *acc, const uint8_t *x, int count, int step, con
 static add_patches_fn patch_kernel(void) { return add_patches; }
 #endif
 
-/* The weights of kernel row u (otl_encoder.h's layout). */
+/* The weights of kernel row u (otl_encoder.h's layouts: the DSP one on Arm DSP builds). */
 static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
+#if OTL_DSP_WEIGHTS  /* passed on as the kernel's weight pointer */
+    return (const otl_weight_t *)(const void *)(grp->weights_dsp + (size_t)u * (size_t)grp->trios *
+                                                                   (size_t)(3 * grp->dsp_quads));
+#else
     return grp->weights + (size_t)u * (size_t)grp->blocks * (size_t)(8 * grp->pairs);
+#endif
 }
 
 /* 1 when the group's rows go through add_bytes_avx512: 8-bit weights, compiled in, on a CPU
@@ -465,8 +506,11 @@ static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x,
 }
 
 #if !OTL_WRAP
-/* Values the group's kernel reads per patch: 4 * quads (bytes kernel) or 2 * pairs. */
-static int values_read(const otl_group *grp) { return bytes_kernel(grp) ? 4 * grp->quads : 2 * grp->pairs; }
+/* Values the group's kernel reads per patch: 4 * quads (bytes kernel), 4 * dsp_quads (Arm DSP)
+ * or 2 * pairs. */
+static int values_read(const otl_group *grp) {
+    return bytes_kernel(grp) ? 4 * grp->quads : OTL_DSP_WEIGHTS ? 4 * grp->dsp_quads : 2 * grp->pairs;
+}
 
 /* Patch j's bytes of this row copied to buf and zero-padded to n values; past the real width
  * the last pixel repeats (edge replication). */

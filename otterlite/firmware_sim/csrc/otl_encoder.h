@@ -38,6 +38,21 @@
 #include "otl_model.h"
 
 #define OTL_MAX_SIDE 65535  /* the .otl container stores sizes as u16 */
+
+/* Which weight layouts this build's kernels read (otl_encoder.c; otl_model.c holds only those):
+ * pairs everywhere but Arm DSP builds, the int8 quads beside them on x86 with AVX-512 VNNI
+ * compiled in, the DSP layout (trios of channels, quads of values) on Arm DSP builds. */
+#if !defined(OTL_PORTABLE) && !defined(__SSE2__) && !defined(__ARM_NEON) && defined(__ARM_FEATURE_SIMD32)
+#define OTL_DSP_WEIGHTS 1
+#else
+#define OTL_DSP_WEIGHTS 0
+#endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(OTL_PORTABLE) && !defined(OTL_NO_AVX2) && \
+    !defined(OTL_NO_AVX512) && !defined(OTL_NO_VNNI8)
+#define OTL_BYTES_WEIGHTS 1
+#else
+#define OTL_BYTES_WEIGHTS 0
+#endif
 #define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane reads, otl_encoder.c) */
 
 typedef struct {
@@ -48,11 +63,17 @@ typedef struct {
     int first_channel;       /* index of the group's first latent channel */
     int pairs;               /* ceil(3K / 8) * 4: weight pairs per kernel row */
     int blocks;              /* ceil(C / 4): blocks of four channels */
-    const otl_weight_t *weights;  /* [K][blocks][pairs][4][2]: kernel row u, block b, pair p, lane l,
+    const otl_weight_t *weights;  /* not OTL_DSP_WEIGHTS builds (else NULL): [K][blocks][pairs][4][2]: kernel row u,
+                                     block b, pair p, lane l,
                                      = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3K */
     int quads;               /* ceil(3K / 16) * 4: quads of values per kernel row (weights8) */
-    const int8_t *weights8;  /* 8-bit weights only (else NULL): [K][blocks][quads][4][4]
+    const int8_t *weights8;  /* OTL_BYTES_WEIGHTS builds, 8-bit weights (else NULL): [K][blocks][quads][4][4]
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
+    int trios;               /* ceil(C / 3): blocks of three channels (weights_dsp) */
+    int dsp_quads;           /* ceil(3K / 4): quads of values per kernel row (weights_dsp) */
+    const uint64_t *weights_dsp;  /* OTL_DSP_WEIGHTS builds (else NULL): [K][trios][dsp_quads][3], per lane
+                                the halfword pairs W[u][3b + l][4q + (0, 2)] (low word) and W[u][3b + l][4q + (1, 3)]
+                                (high word): the pairs (x0, x2), (x1, x3) that UXTB16 makes of four bytes, for SMLAD */
     const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
 } otl_group;
 
