@@ -231,75 +231,48 @@ static OTL_AVX512 OTL_INLINE __m512i quad_lanes(const uint8_t *x) {
     return _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(x8));
 }
 
-static OTL_AVX512 OTL_INLINE __m128i quarters_sum(__m512i s) {
-    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-}
-
-static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, int step,
-                                          const otl_weight_t *w, const otl_group *grp) {
-    const int c = grp->channels;
-    const size_t block = (size_t)8 * (size_t)grp->pairs;
-    int i, b, p;
-    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
-        const uint8_t *x1 = i + 1 < count ? x + step : x;
-        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
-            const otl_weight_t *wb = w + (size_t)b * block;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            __m512i t0 = _mm512_setzero_si512(), t1 = _mm512_setzero_si512();
-            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                const __m512i u = quad_lanes(x + 2 * p), v = quad_lanes(x1 + 2 * p);
-                const __m512i ws = _mm512_loadu_si512((const void *)wb), wt = _mm512_loadu_si512((const void *)(wb + block));
-                s0 = _mm512_dpwssd_epi32(s0, u, ws), s1 = _mm512_dpwssd_epi32(s1, v, ws);
-                t0 = _mm512_dpwssd_epi32(t0, u, wt), t1 = _mm512_dpwssd_epi32(t1, v, wt);
-            }
-            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
-            add_lanes_sse2(acc + 4 * b + 4, quarters_sum(t0), c - 4 * b - 4);
-            if (i + 1 < count) {
-                add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
-                add_lanes_sse2(acc + c + 4 * b + 4, quarters_sum(t1), c - 4 * b - 4);
-            }
-        }
-        if (b < grp->blocks) {  /* the last block alone */
-            const otl_weight_t *wb = w + (size_t)b * block;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            for (p = 0; p < grp->pairs; p += 4, wb += 32) {
-                const __m512i ws = _mm512_loadu_si512((const void *)wb);
-                s0 = _mm512_dpwssd_epi32(s0, quad_lanes(x + 2 * p), ws);
-                s1 = _mm512_dpwssd_epi32(s1, quad_lanes(x1 + 2 * p), ws);
-            }
-            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
-            if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
-        }
-    }
-}
-
-/* The 8-bit weights of a group (grp->weights8), four at a time against four pixel values
- * (u8 x s8, VPDPBUSD: 64 products per instruction, twice VPDPWSSD's): quads q of
- * x[4q..4q+3] broadcast to four lanes each, against [block][quad][lane][4] weights. */
-#if OTL_BYTES_WEIGHTS
-#define OTL_BYTES_KERNEL
+/* 16 bytes, quad q (x[4q..4q+3]) in lanes 4q..4q+3: the bytes kernel's operand. */
 static OTL_AVX512 OTL_INLINE __m512i spread_quads(const uint8_t *x) {
     const __m512i quads = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     return _mm512_permutexvar_epi32(quads, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)x)));
 }
 
-static OTL_AVX512 void add_bytes_avx512(int32_t *acc, const uint8_t *x, int count, int step, const int8_t *w,
-                                        const otl_group *grp) {
+static OTL_AVX512 OTL_INLINE __m128i quarters_sum(__m512i s) {
+    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+}
+
+/* One body for both AVX-512 kernels, specialised by `bytes` (a constant at each call site):
+ * pairs (0: 8 values widened to int16 per step, VPDPWSSD) or quads (1: 16 bytes per step,
+ * VPDPBUSD u8 x s8). Either way each step reads 64 bytes of weights per block of four
+ * channels, takes two patches side by side (an odd last one is paired with itself and
+ * stored once) and two blocks at a time (then a last one alone). */
+static OTL_AVX512 OTL_INLINE __m512i step_lanes(const uint8_t *x, int bytes) {
+    return bytes ? spread_quads(x) : quad_lanes(x);
+}
+
+static OTL_AVX512 OTL_INLINE __m512i step_dot(__m512i acc, __m512i x, const void *w, int bytes) {
+    const __m512i wv = _mm512_loadu_si512(w);
+    return bytes ? _mm512_dpbusd_epi32(acc, x, wv) : _mm512_dpwssd_epi32(acc, x, wv);
+}
+
+static OTL_AVX512 OTL_INLINE void avx512_patches(int32_t *acc, const uint8_t *x, int count, int step,
+                                                 const uint8_t *w, int steps, const otl_group *grp, int bytes) {
     const int c = grp->channels;
-    const size_t block = (size_t)16 * (size_t)grp->quads;
-    int i, b, q;
+    const size_t block = (size_t)64 * (size_t)steps;  /* weight bytes per block */
+    const int advance = bytes ? 16 : 8;                /* pixel values per step */
+    int i, b, s;
     for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
         const uint8_t *x1 = i + 1 < count ? x + step : x;
         for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
-            const int8_t *wb = w + (size_t)b * block;
+            const uint8_t *wb = w + (size_t)b * block;
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
             __m512i t0 = _mm512_setzero_si512(), t1 = _mm512_setzero_si512();
-            for (q = 0; q < grp->quads; q += 4, wb += 64) {
-                const __m512i u = spread_quads(x + 4 * q), v = spread_quads(x1 + 4 * q);
-                const __m512i ws = _mm512_loadu_si512((const void *)wb), wt = _mm512_loadu_si512((const void *)(wb + block));
-                s0 = _mm512_dpbusd_epi32(s0, u, ws), s1 = _mm512_dpbusd_epi32(s1, v, ws);
-                t0 = _mm512_dpbusd_epi32(t0, u, wt), t1 = _mm512_dpbusd_epi32(t1, v, wt);
+            const uint8_t *xa = x, *xb = x1;
+            for (s = 0; s < steps; s++, wb += 64, xa += advance, xb += advance) {
+                const __m512i u = step_lanes(xa, bytes), v = step_lanes(xb, bytes);
+                s0 = step_dot(s0, u, wb, bytes), s1 = step_dot(s1, v, wb, bytes);
+                t0 = step_dot(t0, u, wb + block, bytes), t1 = step_dot(t1, v, wb + block, bytes);
             }
             add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
             add_lanes_sse2(acc + 4 * b + 4, quarters_sum(t0), c - 4 * b - 4);
@@ -309,17 +282,31 @@ static OTL_AVX512 void add_bytes_avx512(int32_t *acc, const uint8_t *x, int coun
             }
         }
         if (b < grp->blocks) {  /* the last block alone */
-            const int8_t *wb = w + (size_t)b * block;
+            const uint8_t *wb = w + (size_t)b * block;
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            for (q = 0; q < grp->quads; q += 4, wb += 64) {
-                const __m512i ws = _mm512_loadu_si512((const void *)wb);
-                s0 = _mm512_dpbusd_epi32(s0, spread_quads(x + 4 * q), ws);
-                s1 = _mm512_dpbusd_epi32(s1, spread_quads(x1 + 4 * q), ws);
+            const uint8_t *xa = x, *xb = x1;
+            for (s = 0; s < steps; s++, wb += 64, xa += advance, xb += advance) {
+                s0 = step_dot(s0, step_lanes(xa, bytes), wb, bytes);
+                s1 = step_dot(s1, step_lanes(xb, bytes), wb, bytes);
             }
             add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
             if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
         }
     }
+}
+
+static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, int step,
+                                          const otl_weight_t *w, const otl_group *grp) {
+    avx512_patches(acc, x, count, step, (const uint8_t *)(const void *)w, grp->pairs / 4, grp, 0);
+}
+
+#if OTL_BYTES_WEIGHTS
+#define OTL_BYTES_KERNEL
+/* The 8-bit weights of a group (grp->weights8), four at a time against four pixel values
+ * (u8 x s8, VPDPBUSD: 64 products per instruction, twice VPDPWSSD's). */
+static OTL_AVX512 void add_bytes_avx512(int32_t *acc, const uint8_t *x, int count, int step, const int8_t *w,
+                                        const otl_group *grp) {
+    avx512_patches(acc, x, count, step, (const uint8_t *)(const void *)w, grp->quads / 4, grp, 1);
 }
 #endif
 
