@@ -258,7 +258,7 @@ def test_streaming_encoder_rows_in_any_order_of_completion(walloc_spec, height, 
 
 @pytest.fixture(scope="module")
 def walloc_c(walloc_spec, tmp_path_factory):
-    from otterlite.firmware_sim import build_host, generate, host
+    from otterlite.firmware_sim import generate, host
 
     if host.find_compiler() is None:
         pytest.skip("no C compiler")

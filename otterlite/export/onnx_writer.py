@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, accumulator_range,
-                                         padded_thresholds, threshold_buckets, wrap_runs)
+                                         padded_thresholds, stage_buckets, wrap_runs)
 
 OPSET = 17
 
@@ -109,16 +109,12 @@ def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: i
     return g.op("Add", [scaled, a_lo], f"{tag}_accumulator")
 
 
-BUCKET_COMPARES = 4  # most compares per accumulator of the bucket count; more: the two-level count
-
-
 def count_thresholds(g: GraphBuilder, acc: str, stage, shape: tuple[int, int, int], tag: str) -> str:
     """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}: by
     the bucket table (integer_spec.ThresholdBuckets) when its buckets hold at most
     BUCKET_COMPARES thresholds, else by the two-level count; both exact for every int32 a < INT32_MAX."""
-    lo, hi = stage.accumulator_range()
-    buckets = threshold_buckets(stage.thresholds, lo, hi)
-    if buckets.candidates.shape[0] > BUCKET_COMPARES or int((hi - lo).max()) >= 2 ** 31:
+    buckets = stage_buckets(stage)
+    if buckets is None:
         return count_two_level(g, acc, stage.thresholds, shape, tag)
     c, nb = buckets.base.shape
     column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32).reshape(1, c, 1, 1))  # noqa: E731

@@ -34,7 +34,7 @@ import tflite
 from tflite.BuiltinOperator import BuiltinOperator as Op
 
 from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, INT32_LIMIT, TableMixSpec, ThresholdConvSpec,
-                                          accumulator_range, padded_thresholds, threshold_buckets, wrap_runs)
+                                          accumulator_range, padded_thresholds, stage_buckets, wrap_runs)
 
 TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32, np.dtype(np.int32): tflite.TensorType.INT32,
          np.dtype(np.uint8): tflite.TensorType.UINT8, np.dtype(np.int8): tflite.TensorType.INT8,
@@ -253,18 +253,14 @@ def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: in
     return acc
 
 
-BUCKET_COMPARES = 4  # most compares per accumulator of the bucket count; more: the binary search
-
-
 def count_thresholds(g: TfliteGraph, acc: int, stage, tag: str) -> int:
     """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]}: by the bucket
     table (integer_spec.ThresholdBuckets) when its buckets hold at most BUCKET_COMPARES
     thresholds, else by binary search; both exact for every int32 a < INT32_MAX. TFLM has no int32 GATHER,
     so the tables are float32 (counts, and thresholds below 2^24, are exact; larger ones are
     stored as two 16-bit halves)."""
-    lo, hi = stage.accumulator_range()
-    buckets = threshold_buckets(stage.thresholds, lo, hi)
-    if buckets.candidates.shape[0] > BUCKET_COMPARES or int((hi - lo).max()) >= 2 ** 31:
+    buckets = stage_buckets(stage)
+    if buckets is None:
         return binary_search_count(g, acc, stage.thresholds, tag)
     shape = g.shape(acc)
     c, nb = buckets.base.shape

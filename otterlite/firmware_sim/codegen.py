@@ -11,8 +11,10 @@ get weights8[u][b][q][l][i] = the same with t = 4q + i, int8: four values per la
 operand order of the u8 x s8 dot product (VPDPBUSD). Arm DSP builds take instead
 weights_dsp[u][trio][q][l][(0, 2, 1, 3)]: three channels per block, four values per quad
 paired as UXTB16 pairs the bytes (dsp_layout). Each build compiles only the layouts its
-kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS in otl_encoder.h). Thresholds are
-padded to 256 per channel with INT32_MAX (never reached), for an 8-step binary search.
+kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS in otl_encoder.h). The threshold count is
+the spec's bucket table (integer_spec.types.stage_buckets, the one ONNX and TFLite use),
+or where that takes more than 4 compares the thresholds padded to 256 per channel with
+INT32_MAX (never reached), for an 8-step binary search.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 
 from otterlite.errors import OtterliteError
 from otterlite.firmware_sim.toolchains import CROSS, HOST_CFLAGS, LIBRARY, SANITIZE_CFLAGS, compile_command, linker_script
-from otterlite.integer_spec.types import INT32_MAX, ThresholdConvSpec, check_encoder_spec, padded_thresholds, save_spec
+from otterlite.integer_spec.types import (INT32_MAX, ThresholdConvSpec, check_encoder_spec, padded_thresholds, save_spec,
+                                         stage_buckets)
 
 SOURCES = Path(__file__).parent / "csrc"
 LANE_SLACK = 3  # OTL_LANE_SLACK in otl_encoder.h
@@ -188,8 +191,15 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
     lane_text = ",\n".join("    " + ", ".join(f"0x{v:016x}u" for v in lanes[i:i + 6]) for i in range(0, len(lanes), 6))
     lines = ["#if OTL_DSP_WEIGHTS", f"static const uint64_t group{g}_weights_dsp[{len(lanes)}] = {{", lane_text, "};",
              "#else", f"static const otl_weight_t group{g}_weights[{pairs_w.size}] = {{", c_array(pairs_w), "};",
-             "#endif", "", f"static const int32_t group{g}_thresholds[{c * 256}] = {{",
-             c_array(padded_thresholds(stage.thresholds)), "};", ""]
+             "#endif", ""]
+    buckets = stage_buckets(stage)
+    if buckets is None:
+        thresholds, table = f"group{g}_thresholds", "NULL"
+        lines += [f"static const int32_t group{g}_thresholds[{c * 256}] = {{",
+                  c_array(padded_thresholds(stage.thresholds)), "};", ""]
+    else:
+        thresholds, table = "NULL", f"&group{g}_buckets"
+        lines += bucket_arrays(g, buckets)
     quads, bytes_weights = 0, "NULL"
     if stage.weight_bits <= 8:
         quad = quad_layout(stage.weights)
@@ -198,8 +208,23 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
                   "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
                    f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, {trios}, {dsp_quads}, "
-                   f"OTL_DSP(group{g}_weights_dsp), group{g}_thresholds}},")
+                   f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
+
+
+def bucket_arrays(g: int, buckets) -> list[str]:
+    """Group g's otl_buckets (integer_spec.types.ThresholdBuckets) as C arrays: base and
+    counts in uint8, candidates [C][B][M] and the piles' values [C][K] in int32."""
+    c, nb = buckets.base.shape
+    m, k = buckets.candidates.shape[0], buckets.values.shape[0]
+    arrays = [("int32_t", "lo", buckets.lo), ("int32_t", "hi", buckets.hi), ("uint8_t", "shift", buckets.shift),
+              ("uint8_t", "base", buckets.base), ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
+              ("int32_t", "values", buckets.values.T), ("uint8_t", "counts", buckets.counts.T)]
+    lines = []
+    for ctype, name, values in arrays:
+        lines += [f"static const {ctype} group{g}_bucket_{name}[{values.size}] = {{", c_array(values), "};"]
+    fields = ", ".join(f"group{g}_bucket_{name}" for _, name, _ in arrays)
+    return lines + [f"static const otl_buckets group{g}_buckets = {{{nb}, {m}, {k}, {fields}}};", ""]
 
 
 def model_source(spec: ThresholdConvSpec) -> str:

@@ -84,6 +84,20 @@ def threshold_buckets(thresholds: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         tables *= 2
 
 
+BUCKET_COMPARES = 4  # the most compares per accumulator of the emitters' bucket count; more: they search
+
+
+def stage_buckets(stage) -> ThresholdBuckets | None:
+    """The stage's bucket table for the emitters (ONNX, TFLite, C), or None where a bucket
+    would hold more than BUCKET_COMPARES thresholds or the range spans 2^31 (int32 a - lo):
+    those count by their search instead."""
+    lo, hi = stage.accumulator_range()
+    buckets = threshold_buckets(stage.thresholds, lo, hi)
+    if buckets.candidates.shape[0] > BUCKET_COMPARES or int((hi - lo).max()) >= 2 ** 31:
+        return None
+    return buckets
+
+
 def bucket_table(thresholds: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_buckets: int) -> ThresholdBuckets:
     """Per channel the narrowest power-of-two bucket width with at most max_buckets buckets
     over [lo_c, hi_c]; M = the most thresholds any bucket holds."""

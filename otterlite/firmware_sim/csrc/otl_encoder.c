@@ -88,6 +88,26 @@ static int8_t count_thresholds(int32_t a, const int32_t *t) {
     return (int8_t)(OTL_BASE + n);
 }
 
+/* out[j] = the count of channel c's bucket table (otl_buckets) at a[j * stride], for j < n. */
+static void count_row_buckets(int8_t *out, const int32_t *a, int stride, int n, const otl_buckets *t, int c) {
+    const int32_t lo = t->lo[c], hi = t->hi[c];
+    const int shift = t->shift[c], m = t->compares, k = t->outside;
+    const uint8_t *base = t->base + (size_t)c * (size_t)t->count;
+    const int32_t *candidates = t->candidates + (size_t)c * (size_t)t->count * (size_t)m;
+    const int32_t *values = t->values + (size_t)c * (size_t)k;
+    const uint8_t *counts = t->counts + (size_t)c * (size_t)k;
+    int j, i;
+    for (j = 0; j < n; j++, a += stride) {
+        const int32_t x = a[0] < lo ? lo : a[0] > hi ? hi : a[0];
+        const uint32_t b = (uint32_t)(x - lo) >> shift;  /* x - lo in [0, hi - lo], below 2^31 */
+        const int32_t *cand = candidates + (size_t)b * (size_t)m;
+        int count = base[b];
+        for (i = 0; i < m; i++) count += x >= cand[i];
+        for (i = 0; i < k; i++) count += a[0] >= values[i] ? counts[i] : 0;
+        out[j] = (int8_t)(OTL_BASE + count);
+    }
+}
+
 /* out[j] = count_thresholds(a[j * stride], t) for j < n, four searches side by side so that
  * their chains of dependent loads overlap. */
 static void count_row(int8_t *out, const int32_t *a, int stride, int n, const int32_t *t) {
@@ -541,8 +561,12 @@ static int emit_row(otl_encoder *enc, int g, int latent_row, int32_t *acc, otl_e
 #ifdef OTL_TRACE
     if (otl_trace) otl_trace(g, latent_row, acc, grp->channels, cols);
 #endif
-    for (c = 0; c < grp->channels; c++)
-        count_row(enc->latents + c * cols, acc + c, grp->channels, cols, grp->thresholds + 256 * c);
+    for (c = 0; c < grp->channels; c++) {
+        if (grp->buckets)
+            count_row_buckets(enc->latents + c * cols, acc + c, grp->channels, cols, grp->buckets, c);
+        else
+            count_row(enc->latents + c * cols, acc + c, grp->channels, cols, grp->thresholds + 256 * c);
+    }
     emit(ctx, g, latent_row, enc->latents, grp->channels, cols);
     memset(acc, 0, (size_t)grp->channels * (size_t)cols * sizeof(int32_t));
     return 1;

@@ -7,8 +7,9 @@
  *                   weights, int32 sums, exact: the freeze step proved |acc| < 2^31)
  * after the row with u = k - 1 the patch row i is complete:
  *   latent[c][j]  = OTL_BASE + #{n : acc[g][j][c] >= T_g[c][n]}       (no rounding at run time)
- * and acc[g] is cleared. T is padded to 256 entries with INT32_MAX, so an 8-step binary
- * search counts exactly. A frame whose sides are not multiples of the largest patch is
+ * and acc[g] is cleared. The count is a bucket-table lookup (otl_buckets) or, where a
+ * bucket would hold more than 4 thresholds, an 8-step binary search over T padded to 256
+ * entries with INT32_MAX; both exact. A frame whose sides are not multiples of the largest patch is
  * padded by edge replication: each row to the right, and the last row repeated below
  * (the push of the last row emits every remaining latent row).
  *
@@ -55,6 +56,22 @@
 #endif
 #define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane reads, otl_encoder.c) */
 
+/* The threshold count as a table lookup (integer_spec.types.ThresholdBuckets): for channel c,
+ *   x = clamp(a, lo[c], hi[c]), b = (x - lo[c]) >> shift[c],
+ *   count = base[c][b] + #{m < M : x >= candidates[c][b][m]} + sum_k counts[c][k] * (a >= values[c][k])
+ * exact for every int32 a < INT32_MAX; M compares instead of an 8-step search. */
+typedef struct {
+    int count;                 /* B: buckets per channel */
+    int compares;              /* M: candidate thresholds per bucket (INT32_MAX padded) */
+    int outside;               /* K: piles of thresholds outside the accumulator range per channel */
+    const int32_t *lo, *hi;    /* [C] the accumulator range */
+    const uint8_t *shift;      /* [C] log2 of the bucket width */
+    const uint8_t *base;       /* [C][B] thresholds inside the range at or below the bucket's first value */
+    const int32_t *candidates; /* [C][B][M] the thresholds inside the bucket */
+    const int32_t *values;     /* [C][K] a pile's threshold (INT32_MAX: none) */
+    const uint8_t *counts;     /* [C][K] how many thresholds it holds */
+} otl_buckets;
+
 typedef struct {
     int stride;              /* s: latent rows and columns are s pixels apart */
     int kernel;              /* K: kernel side (FRAPPE: K = s, a patch) */
@@ -74,7 +91,8 @@ typedef struct {
     const uint64_t *weights_dsp;  /* OTL_DSP_WEIGHTS builds (else NULL): [K][trios][dsp_quads][3], per lane
                                 the halfword pairs W[u][3b + l][4q + (0, 2)] (low word) and W[u][3b + l][4q + (1, 3)]
                                 (high word): the pairs (x0, x2), (x1, x3) that UXTB16 makes of four bytes, for SMLAD */
-    const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX */
+    const int32_t *thresholds;    /* [C][256], ascending, padded with INT32_MAX (NULL with buckets) */
+    const otl_buckets *buckets;   /* the count by table (NULL: by binary search over thresholds) */
 } otl_group;
 
 extern const otl_group otl_groups[OTL_GROUPS];
