@@ -15,22 +15,30 @@ from otterlite.firmware_sim import host
 from otterlite.firmware_sim.codegen import MCU_MAX_WIDTH
 from otterlite.firmware_sim.toolchains import CROSS, STRICT_C99, missing
 from otterlite.firmware_sim.targets import Target
+from otterlite.integer_spec.types import stage_buckets
 
 FRAME_SIZES = ((480, 640), (1080, 1920))  # (height, width)
 DEVICE_SOURCES = ("otl_model.c", "otl_encoder.c", "otl_container.c")  # on the sensor; the harness is not
-THRESHOLD_STEPS = 8  # binary search over 256 entries
+THRESHOLD_STEPS = 8  # binary search over 256 entries, where a stage has no bucket table
+
+
+def threshold_steps(stage) -> int:
+    """Steps of the C threshold count per latent: the bucket table's lookup, M candidate and K
+    pile compares, or the 8-step search where the stage has no table."""
+    buckets = stage_buckets(stage)
+    return THRESHOLD_STEPS if buckets is None else 1 + buckets.candidates.shape[0] + buckets.values.shape[0]
 
 
 def frame_work(spec, height: int, width: int) -> dict:
     """Operations per frame: MACs (C * 3 * K^2 per latent position: FRAPPE 3 C per pixel,
-    WaLLoC's 57x57 kernel at stride 8 3 C * 57^2 / 64 per pixel), threshold search steps and
+    WaLLoC's 57x57 kernel at stride 8 3 C * 57^2 / 64 per pixel), threshold count steps and
     pixels of the padded frame."""
     hp, wp = spec.padded_size(height, width)
     positions = [(hp // s.stride) * (wp // s.stride) for s in spec.stages]
     latents = sum(s.weights.shape[0] * n for s, n in zip(spec.stages, positions))
     macs = sum(n * s.weights.size for s, n in zip(spec.stages, positions))
-    return {"padded": f"{wp}x{hp}", "pixels": hp * wp, "macs": macs, "threshold_steps": THRESHOLD_STEPS * latents,
-            "latents": latents}
+    steps = sum(s.weights.shape[0] * n * threshold_steps(s) for s, n in zip(spec.stages, positions))
+    return {"padded": f"{wp}x{hp}", "pixels": hp * wp, "macs": macs, "threshold_steps": steps, "latents": latents}
 
 
 def cycles(target: Target, work: dict) -> float:

@@ -4,8 +4,9 @@ The cost model is an estimate for the generated plain C, per operation of the en
     cycles/frame = MACs * cycles_per_mac + threshold steps * cycles_per_step
                    + pixels * cycles_per_pixel
 MACs = sum over groups of (latent positions) * C * 3 * K^2 (FRAPPE: padded pixels * 3 C);
-threshold steps = 8 per latent (binary search over 256 entries); cycles_per_pixel covers
-the row readout and loop overhead.
+threshold steps = per latent 1 + M + K of the bucket table (a lookup, M candidate and K pile
+compares; typically 3), 8 where a stage has none (binary search over 256 entries);
+cycles_per_pixel covers the row readout and loop overhead.
 """
 from __future__ import annotations
 
