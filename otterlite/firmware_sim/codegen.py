@@ -217,6 +217,7 @@ def bucket_arrays(g: int, buckets) -> list[str]:
     counts in uint8, candidates [C][B][M] and the piles' values [C][K] in int32."""
     c, nb = buckets.base.shape
     m, k = buckets.candidates.shape[0], buckets.values.shape[0]
+    assert buckets.base.max() <= 255 and buckets.counts.max() <= 255 and buckets.shift.max() <= 31, "uint8 fields"
     arrays = [("int32_t", "lo", buckets.lo), ("int32_t", "hi", buckets.hi), ("uint8_t", "shift", buckets.shift),
               ("uint8_t", "base", buckets.base), ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
               ("int32_t", "values", buckets.values.T), ("uint8_t", "counts", buckets.counts.T)]
