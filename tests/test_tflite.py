@@ -16,7 +16,8 @@ from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, accumulator_range
 from test_export_verify import exported, require  # noqa: F401  (shared module fixture)
 
 EXACT_OPS = {"DEQUANTIZE", "QUANTIZE", "CONV_2D", "CAST", "MUL", "ADD", "GREATER_EQUAL", "GATHER", "PAD",
-             "MAXIMUM", "MINIMUM", "DIV", "SLICE", "CONCATENATION"}  # the last two move data: WaLLoC's wrap
+             "MAXIMUM", "MINIMUM", "DIV", "SLICE", "CONCATENATION",  # these two move data: WaLLoC's wrap
+             "SPACE_TO_DEPTH"}  # moves data: big patches as a 1x1 conv
 
 
 def run_interpreters(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
