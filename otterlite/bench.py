@@ -296,7 +296,8 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
                 if not BACKENDS[name].missing():
                     transforms[name] = timed_run(BACKENDS[name], inverse, codes, Path(tmp) / f"inverse-{size}")
             hwc = lambda out: out[0][0].transpose(1, 2, 0) if isinstance(out, list) else out  # noqa: E731  (graphs: [NCHW])
-            exact = {name: np.array_equal(hwc(run()), transforms["numpy"]()) for name, run in transforms.items()}
+            want = transforms["numpy"]()
+            exact = {name: np.array_equal(hwc(run()), want) for name, run in transforms.items()}
             seconds = best_times(decodes, repeats)
             transform_seconds = best_times(transforms, repeats)
             step += 1

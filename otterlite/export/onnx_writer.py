@@ -2,8 +2,8 @@
 
 Only exact forms are used (see shared EXACTNESS facts):
 - accumulators: float32 Conv of the uint8 image cast to float, per part of kernel rows
-  whose bound 255 * sum |W| is below 2^24 (every partial sum an integer below 2^24: exact
-  in any summation order), each part Cast to int32 and added (below 2^31 by freeze). Only
+  whose bound 255 * max(sum of positive, -sum of negative weights) is below 2^24 (row_parts:
+  every partial sum an integer below 2^24, exact in any summation order), each part Cast to int32 and added (below 2^31 by freeze). Only
   if one kernel row alone exceeds 2^24: ConvInteger on uint8 x uint8 weights (int8 + 128,
   w_zero_point 128), 9..12-bit weights split W = 16 * W_hi + W_lo and combined in int32.
   A wrap-around border (WaLLoC) is Slice + Concat of the image before a pad-0 conv.

@@ -327,7 +327,7 @@ def count_thresholds(g: TfliteGraph, acc: int, stage, tag: str) -> int:
 
 
 def binary_search_count(g: TfliteGraph, acc: int, thresholds: np.ndarray, tag: str) -> int:
-    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search, any a."""
+    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]} by binary search, any a < INT32_MAX."""
     shape = g.shape(acc)
     c = thresholds.shape[0]
     padded = padded_thresholds(thresholds)

@@ -129,8 +129,8 @@ static void count_row(int8_t *out, const int32_t *a, int stride, int n, const in
 
 /* add_patches(acc, x, count, step, w, grp): for each of `count` patches i,
  *   acc[i][c] += sum_{t < 2 * pairs} x[i][t] * W[c][t]        (c < C; x[i] = x + step * i)
- * with x[i] one kernel row's bytes (zero-padded to 2 * pairs values; FRAPPE's patches lie side
- * by side, step = 2 * pairs, WaLLoC's overlap, step = 3 s) and w that kernel row's weights
+ * with x[i] one kernel row's bytes (the kernel reads 2 * pairs values, zero weights past 3K;
+ * FRAPPE's patches lie side by side, step = 3k, WaLLoC's overlap, step = 3 s) and w that kernel row's weights
  * in the pair layout of otl_encoder.h. One version per instruction set, the same integers. */
 #if defined(__SSE2__) && !defined(OTL_PORTABLE)
 /* acc[l] += v[l] for l < lanes (1 or more): reads four int32 (OTL_LANE_SLACK keeps the read
@@ -390,7 +390,7 @@ static add_patches_fn patch_kernel(void) { return add_patches; }
 /* Arm DSP: four bytes x0..x3 in one load, UXTB16 makes the halfword pairs (x0, x2) and (x1, x3)
  * and SMLAD adds both 16 x 16-bit products of a pair per instruction, three channels at a time
  * (the groups' channel counts are multiples of 3, so no lane is wasted) against weights_dsp,
- * read as words (one halfword pair each), two quads per loop pass. */
+ * each lane's two weight words in one LDRD, two quads per loop pass. */
 static uint32_t odd_bytes(uint32_t v) {  /* (x1, x3) as halfwords */
 #if defined(__GNUC__)
     uint32_t r;
