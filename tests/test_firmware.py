@@ -74,9 +74,10 @@ def test_c_matches_reference_and_writes_the_same_container(built, photo, size):
 
 
 # the instruction-set variants of the patch kernel this host can run: the default (on x86 the
-# widest of AVX-512 VNNI and AVX2 the CPU has, 8-bit groups on the u8 x s8 bytes kernel),
+# widest the CPU has: AMX-INT8 for groups of at most 16 channels and 4 digit planes, else
+# AVX-512 VNNI with 8-bit groups on the u8 x s8 bytes kernel, else AVX2), AVX-512 VNNI at most,
 # AVX-512 without the bytes kernel, AVX2 at most, SSE2 alone, and plain C
-KERNELS = [(), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_AVX2",), ("OTL_PORTABLE",)]
+KERNELS = [(), ("OTL_NO_AMX",), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_AVX2",), ("OTL_PORTABLE",)]
 
 
 @pytest.mark.parametrize("defines", KERNELS)

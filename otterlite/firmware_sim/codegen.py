@@ -43,8 +43,8 @@ MAKEFILE = """\
 #   make sanitize    -> otl_host_sanitize (address + undefined-behaviour sanitizers)
 #   make libotl.so   -> the encoder as a shared library (otl_encode_raw: RGB in memory -> raw latents)
 #   make -B CFLAGS="{cflags} -DOTL_PORTABLE"
-#                    -> otl_host with the plain C patch kernel (-DOTL_NO_VNNI8, -DOTL_NO_AVX512, -DOTL_NO_AVX2:
-#                       narrower x86 ones)
+#                    -> otl_host with the plain C patch kernel (-DOTL_NO_AMX, -DOTL_NO_VNNI8,
+#                       -DOTL_NO_AVX512, -DOTL_NO_AVX2: narrower x86 ones)
 #   make cross       -> {cross_outputs}
 #                       (Cortex-M: semihosting arguments IN.ppm OUT.bin; Linux: as otl_host)
 CC ?= cc
@@ -178,6 +178,31 @@ def quad_layout(weights: np.ndarray) -> np.ndarray:
     return lane_layout(weights, 4)
 
 
+AMX_MAX_PLANES = 4  # digit planes the AMX kernel takes (weights up to 9 bits: 3); wider ones stay on pairs
+AMX_MAX_CHANNELS = 16  # one accumulator tile: 16 rows of at most 16 int32
+
+
+def digit_planes(weights: np.ndarray) -> np.ndarray:
+    """W (integers) -> (n, *W.shape) int8 planes with sum_j plane_j = W: plane_j = floor((W + j) / n)
+    (Hermite's identity), n the fewest for which every plane lies in [-128, 127]."""
+    w = weights.astype(np.int64)
+    n = max(1, -(-int(w.max()) // 127), -(-int(-w.min()) // 128))
+    return np.stack([np.floor_divide(w + j, n) for j in range(n)])
+
+
+def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int]:
+    """W[c, ch, u, v] -> ([u][plane][chunk][row][c][i] int8, last) for TDPBUSD: value
+    t = 64 chunk + 4 row + i of kernel row u (t = 3v + ch), zero past 3K; last: bytes of the
+    last chunk, 3K rounded up to 4 (the last tile's width)."""
+    c, _, k, _ = weights.shape
+    chunks = -(-3 * k // 64)
+    planes = digit_planes(weights)
+    rows = np.zeros((k, len(planes), chunks * 64, c), np.int64)
+    rows[:, :, :3 * k] = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
+    layout = rows.reshape(k, len(planes), chunks, 16, 4, c).transpose(0, 1, 2, 3, 5, 4)
+    return layout, -(-(3 * k - 64 * (chunks - 1)) // 4) * 4
+
+
 def group_arrays(g: int, stage) -> tuple[list[str], str]:
     """Group g's constant arrays (each layout under the build flag that reads it) and its
     otl_group initializer."""
@@ -206,8 +231,15 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         quads, bytes_weights = quad.shape[2], f"OTL_BYTES(group{g}_weights8)"
         lines += ["#if OTL_BYTES_WEIGHTS", f"static const int8_t group{g}_weights8[{quad.size}] = {{", c_array(quad),
                   "};", "#endif", ""]
+    amx, last, amx_weights = np.zeros((0, 0, 0)), 0, "NULL"
+    if c <= AMX_MAX_CHANNELS and len(digit_planes(stage.weights)) <= AMX_MAX_PLANES:
+        amx, last = amx_layout(stage.weights)
+        amx_weights = f"OTL_AMX(group{g}_weights_amx)"
+        lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
+                  "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
-                   f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, {trios}, {dsp_quads}, "
+                   f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, "
+                   f"{amx.shape[1]}, {amx.shape[2]}, {last}, {amx_weights}, {trios}, {dsp_quads}, "
                    f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
 
@@ -234,7 +266,8 @@ def model_source(spec: ThresholdConvSpec) -> str:
              "/* only the weight layouts this build's kernels read (otl_encoder.h) */",
              "#if OTL_DSP_WEIGHTS", "#define OTL_PAIRS(w) NULL", "#define OTL_DSP(w) (w)", "#else",
              "#define OTL_PAIRS(w) (w)", "#define OTL_DSP(w) NULL", "#endif",
-             "#if OTL_BYTES_WEIGHTS", "#define OTL_BYTES(w) (w)", "#else", "#define OTL_BYTES(w) NULL", "#endif", ""]
+             "#if OTL_BYTES_WEIGHTS", "#define OTL_BYTES(w) (w)", "#else", "#define OTL_BYTES(w) NULL", "#endif",
+             "#if OTL_AMX_WEIGHTS", "#define OTL_AMX(w) (w)", "#else", "#define OTL_AMX(w) NULL", "#endif", ""]
     rows = []
     for g, stage in enumerate(spec.stages):
         lines, initializer = group_arrays(g, stage)

@@ -1,13 +1,22 @@
 /* The streaming encoder; the formula is in otl_encoder.h. */
+#if defined(__linux__) && defined(__x86_64__)
+#define _DEFAULT_SOURCE  /* syscall(), for the AMX tile permission */
+#endif
 #include <string.h>
 
 #include "otl_encoder.h"
+#if OTL_AMX_WEIGHTS
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
-/* The patch kernel follows the instruction set: on x86 the widest of AVX-512 VNNI, AVX2 (both
- * chosen at run time by the CPU) and SSE2, and with AVX-512 VNNI the u8 x s8 bytes kernel for
- * groups with 8-bit weights; NEON; the Arm DSP extension; else plain C. The tests build every
- * variant the host can run: -DOTL_NO_VNNI8 (AVX-512 without the bytes kernel), -DOTL_NO_AVX512
- * (AVX2 at most), -DOTL_NO_AVX2 (SSE2), -DOTL_PORTABLE (plain C). */
+/* The patch kernel follows the instruction set: on x86 AMX-INT8 (Linux) for groups with an AMX
+ * layout, else the widest of AVX-512 VNNI, AVX2 (all chosen at run time by the CPU) and SSE2,
+ * and with AVX-512 VNNI the u8 x s8 bytes kernel for groups with 8-bit weights; NEON; the Arm
+ * DSP extension; else plain C. The tests build every variant the host can run: -DOTL_NO_AMX
+ * (AVX-512 VNNI and the bytes kernel at most), -DOTL_NO_VNNI8 (AVX-512 without the bytes
+ * kernel), -DOTL_NO_AVX512 (AVX2 at most), -DOTL_NO_AVX2 (SSE2), -DOTL_PORTABLE (plain C). */
 #if defined(OTL_PORTABLE)
 #elif defined(__SSE2__)
 #include <immintrin.h>
@@ -335,6 +344,89 @@ static int has_avx512_vnni(void) {
 }
 #endif
 
+#if OTL_AMX_WEIGHTS
+#define OTL_AMX_KERNEL
+#define OTL_AMX __attribute__((target("amx-tile,amx-int8")))
+#define OTL_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")  /* GCC's tile asm names no memory it reads */
+
+/* AMX-INT8: TDPBUSD multiplies a tile of up to 16 rows of u8 (16 patches, one kernel row's
+ * bytes each, straight from the row: x + step * i, a chunk of 64 bytes wide) by a tile of s8
+ * weights (weights_amx: 16 rows of four values by C channels) into 16 rows of C int32: the
+ * accumulators acc[i][c] themselves, loaded and stored as a tile (stride 4C). Weights of more
+ * than 8 bits take one TDPBUSD per digit plane. Tiles: 0 the accumulators, 1 / 3 the bytes /
+ * weights of a full chunk, 2 / 4 those of the last one (amx_last bytes). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];  /* bytes per row of each tile */
+    uint8_t rows[16];
+} otl_tile_config;
+
+static OTL_AMX void amx_configure(int rows, const otl_group *grp) {
+    otl_tile_config cfg;
+    const int c = grp->channels, last = grp->amx_last;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = (uint16_t)(4 * c);
+    cfg.rows[1] = (uint8_t)rows, cfg.colsb[1] = 64;
+    cfg.rows[2] = (uint8_t)rows, cfg.colsb[2] = (uint16_t)last;
+    cfg.rows[3] = 16, cfg.colsb[3] = (uint16_t)(4 * c);
+    cfg.rows[4] = (uint8_t)(last / 4), cfg.colsb[4] = (uint16_t)(4 * c);
+    OTL_MEMORY_BARRIER();
+    _tile_loadconfig(&cfg);
+}
+
+/* `tiles` runs of the configured rows of patches, 16 patches apart. */
+static OTL_AMX void amx_tiles(int32_t *acc, const uint8_t *x, int tiles, int step, const int8_t *w,
+                              const otl_group *grp) {
+    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes;
+    const long stride = 4L * c, chunk = 64L * c, plane = chunk * chunks;  /* weight bytes */
+    int t, q, p;
+    OTL_MEMORY_BARRIER();
+    for (t = 0; t < tiles; t++, acc += 16 * c, x += 16 * step) {
+        _tile_loadd(0, acc, stride);
+        for (q = 0; q + 1 < chunks; q++) {
+            _tile_loadd(1, x + 64 * q, step);
+            for (p = 0; p < planes; p++) {
+                _tile_loadd(3, w + p * plane + q * chunk, stride);
+                _tile_dpbusd(0, 1, 3);
+            }
+        }
+        _tile_loadd(2, x + 64 * q, step);
+        for (p = 0; p < planes; p++) {
+            _tile_loadd(4, w + p * plane + q * chunk, stride);
+            _tile_dpbusd(0, 2, 4);
+        }
+        _tile_stored(0, acc, stride);
+    }
+}
+
+static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int count, int step, const int8_t *w,
+                                    const otl_group *grp) {
+    const int full = count / 16, rest = count % 16;
+    if (full > 0) {
+        amx_configure(16, grp);
+        amx_tiles(acc, x, full, step, w, grp);
+    }
+    if (rest > 0) {
+        amx_configure(rest, grp);
+        amx_tiles(acc + (size_t)16 * (size_t)full * (size_t)grp->channels, x + (size_t)16 * (size_t)full * (size_t)step,
+                  1, step, w, grp);
+    }
+    _tile_release();
+}
+
+/* AMX-INT8 on this CPU, and Linux lets this process use the tile data (asked once). */
+static int has_amx(void) {
+    static int usable = -1;
+    if (usable < 0) {
+        unsigned a, b, c, d;
+        usable = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1u) && (d >> 25 & 1u) &&
+                 syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return usable;
+}
+#endif
+
 static add_patches_fn patch_kernel(void) {
 #if !defined(OTL_NO_AVX512)
     if (has_avx512_vnni()) return add_patches_avx512;
@@ -489,11 +581,22 @@ static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
 #endif
 }
 
-/* 1 when the group's rows go through add_bytes_avx512: 8-bit weights, compiled in, on a CPU
- * with AVX-512 VNNI. */
+/* 1 when the group's rows go through add_patches_amx: an AMX layout, compiled in, on a CPU
+ * with AMX-INT8 that the OS lets us use. */
+static int amx_kernel(const otl_group *grp) {
+#ifdef OTL_AMX_KERNEL
+    return grp->weights_amx != NULL && has_amx();
+#else
+    (void)grp;
+    return 0;
+#endif
+}
+
+/* 1 when the group's rows go through add_bytes_avx512: no AMX, 8-bit weights, compiled in, on
+ * a CPU with AVX-512 VNNI. */
 static int bytes_kernel(const otl_group *grp) {
 #ifdef OTL_BYTES_KERNEL
-    return grp->weights8 != NULL && has_avx512_vnni();
+    return !amx_kernel(grp) && grp->weights8 != NULL && has_avx512_vnni();
 #else
     (void)grp;
     return 0;
@@ -502,6 +605,14 @@ static int bytes_kernel(const otl_group *grp) {
 
 /* acc[i][c] += kernel row u over `count` patches x + step * i, by the group's kernel. */
 static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x, int count, int step) {
+    if (amx_kernel(grp)) {
+#ifdef OTL_AMX_KERNEL
+        add_patches_amx(acc, x, count, step,
+                        grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * 64 * grp->channels),
+                        grp);
+#endif
+        return;
+    }
     if (bytes_kernel(grp)) {
 #ifdef OTL_BYTES_KERNEL
         add_bytes_avx512(acc, x, count, step, grp->weights8 + (size_t)u * (size_t)grp->blocks * (size_t)(16 * grp->quads),
@@ -513,9 +624,10 @@ static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x,
 }
 
 #if !OTL_WRAP
-/* Values the group's kernel reads per patch: 4 * quads (bytes kernel), 4 * dsp_quads (Arm DSP)
- * or 2 * pairs. */
+/* Values the group's kernel reads per patch: 64 (amx_chunks - 1) + amx_last (AMX), 4 * quads
+ * (bytes kernel), 4 * dsp_quads (Arm DSP) or 2 * pairs. */
 static int values_read(const otl_group *grp) {
+    if (amx_kernel(grp)) return 64 * (grp->amx_chunks - 1) + grp->amx_last;
     return bytes_kernel(grp) ? 4 * grp->quads : OTL_DSP_WEIGHTS ? 4 * grp->dsp_quads : 2 * grp->pairs;
 }
 

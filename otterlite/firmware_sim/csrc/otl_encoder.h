@@ -42,7 +42,7 @@
 
 /* Which weight layouts this build's kernels read (otl_encoder.c; otl_model.c holds only those):
  * pairs everywhere but Arm DSP builds, the int8 quads beside them on x86 with AVX-512 VNNI
- * compiled in, the DSP layout (trios of channels, quads of values) on Arm DSP builds. */
+ * compiled in, and the AMX tiles with them on Linux (-DOTL_NO_AMX leaves them out), the DSP layout (trios of channels, quads of values) on Arm DSP builds. */
 #if !defined(OTL_PORTABLE) && !defined(__SSE2__) && !defined(__ARM_NEON) && defined(__ARM_FEATURE_SIMD32)
 #define OTL_DSP_WEIGHTS 1
 #else
@@ -53,6 +53,11 @@
 #define OTL_BYTES_WEIGHTS 1
 #else
 #define OTL_BYTES_WEIGHTS 0
+#endif
+#if OTL_BYTES_WEIGHTS && defined(__linux__) && !defined(OTL_NO_AMX)  /* Linux: the tile permission (otl_encoder.c) */
+#define OTL_AMX_WEIGHTS 1
+#else
+#define OTL_AMX_WEIGHTS 0
 #endif
 #define OTL_LANE_SLACK 3    /* spare int32 after the accumulators (four-lane reads, otl_encoder.c) */
 
@@ -86,6 +91,12 @@ typedef struct {
     int quads;               /* ceil(3K / 16) * 4: quads of values per kernel row (weights8) */
     const int8_t *weights8;  /* OTL_BYTES_WEIGHTS builds, 8-bit weights (else NULL): [K][blocks][quads][4][4]
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
+    int amx_planes;          /* int8 digit planes that add up to the weights (0: no AMX layout) */
+    int amx_chunks;          /* ceil(3K / 64): 64-byte chunks of a kernel row (one tile width each) */
+    int amx_last;            /* bytes of the last chunk: 3K - 64 (chunks - 1) rounded up to 4 */
+    const int8_t *weights_amx;  /* OTL_AMX_WEIGHTS builds, C <= 16 and at most 4 planes (else NULL):
+                                [K][planes][chunks][16][C][4] = plane of W[u][c][64 chunk + 4 row + i], 0 past 3K:
+                                each chunk a TDPBUSD weight tile (row = four values, column = channel) */
     int trios;               /* ceil(C / 3): blocks of three channels (weights_dsp) */
     int dsp_quads;           /* ceil(3K / 4): quads of values per kernel row (weights_dsp) */
     const uint64_t *weights_dsp;  /* OTL_DSP_WEIGHTS builds (else NULL): [K][trios][dsp_quads][3], per lane
