@@ -354,64 +354,65 @@ static int has_avx512_vnni(void) {
  * weights (weights_amx: 16 rows of four values by C channels) into 16 rows of C int32: the
  * accumulators acc[i][c] themselves, loaded and stored as a tile (stride 4C). Weights of more
  * than 8 bits take one TDPBUSD per digit plane. Tiles: 0 the accumulators, 1 / 3 the bytes /
- * weights of a full chunk, 2 / 4 those of the last one (amx_last bytes). */
+ * weights of a full chunk, 2 / 4 those of the last one (amx_last bytes); 5, 6, 7 as 0, 1, 2
+ * for a second tile of patches. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];  /* bytes per row of each tile */
     uint8_t rows[16];
 } otl_tile_config;
 
-static OTL_AMX void amx_configure(int rows, const otl_group *grp) {
+static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
     otl_tile_config cfg;
     const int c = grp->channels, last = grp->amx_last;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = (uint16_t)(4 * c);
-    cfg.rows[1] = (uint8_t)rows, cfg.colsb[1] = 64;
-    cfg.rows[2] = (uint8_t)rows, cfg.colsb[2] = (uint16_t)last;
+    cfg.rows[0] = 16, cfg.colsb[0] = (uint16_t)(4 * c);
+    cfg.rows[1] = 16, cfg.colsb[1] = 64;
+    cfg.rows[2] = 16, cfg.colsb[2] = (uint16_t)last;
     cfg.rows[3] = 16, cfg.colsb[3] = (uint16_t)(4 * c);
     cfg.rows[4] = (uint8_t)(last / 4), cfg.colsb[4] = (uint16_t)(4 * c);
-    OTL_MEMORY_BARRIER();
+    cfg.rows[5] = 16, cfg.colsb[5] = (uint16_t)(4 * c);  /* a second tile of patches */
+    cfg.rows[6] = 16, cfg.colsb[6] = 64;
+    cfg.rows[7] = 16, cfg.colsb[7] = (uint16_t)last;
+    OTL_MEMORY_BARRIER();  /* also orders the caller's writes to acc and x before the tile loads */
     _tile_loadconfig(&cfg);
 }
 
-/* `tiles` runs of the configured rows of patches, 16 patches apart. */
-static OTL_AMX void amx_tiles(int32_t *acc, const uint8_t *x, int tiles, int step, const int8_t *w,
-                              const otl_group *grp) {
+/* One tile of 16 patches into accumulator tile ACC, with bytes tiles FULL / LAST (the
+ * weights in tiles 3 / 4): the tile numbers must be constants. */
+#define OTL_AMX_TILE(ACC, FULL, LAST, acc, x)                          \
+    do {                                                               \
+        _tile_loadd(ACC, acc, stride);                                 \
+        for (q = 0; q + 1 < chunks; q++) {                             \
+            _tile_loadd(FULL, (x) + 64 * q, step);                     \
+            for (p = 0; p < planes; p++) {                             \
+                _tile_loadd(3, w + p * plane + q * chunk, stride);     \
+                _tile_dpbusd(ACC, FULL, 3);                            \
+            }                                                          \
+        }                                                              \
+        _tile_loadd(LAST, (x) + 64 * q, step);                         \
+        for (p = 0; p < planes; p++) {                                 \
+            _tile_loadd(4, w + p * plane + q * chunk, stride);         \
+            _tile_dpbusd(ACC, LAST, 4);                                \
+        }                                                              \
+        _tile_stored(ACC, acc, stride);                                \
+    } while (0)
+
+/* acc[i][c] += kernel row u over 16 * tiles patches x + step * i, two tiles at a time (tiles
+ * 0 and 5 accumulate, 1, 2 and 6, 7 hold their bytes) so that the two chains overlap;
+ * configures the tiles for the group on entry and releases them on return. */
+static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int tiles, int step, const int8_t *w,
+                                    const otl_group *grp) {
     const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes;
     const long stride = 4L * c, chunk = 64L * c, plane = chunk * chunks;  /* weight bytes */
     int t, q, p;
-    OTL_MEMORY_BARRIER();
-    for (t = 0; t < tiles; t++, acc += 16 * c, x += 16 * step) {
-        _tile_loadd(0, acc, stride);
-        for (q = 0; q + 1 < chunks; q++) {
-            _tile_loadd(1, x + 64 * q, step);
-            for (p = 0; p < planes; p++) {
-                _tile_loadd(3, w + p * plane + q * chunk, stride);
-                _tile_dpbusd(0, 1, 3);
-            }
-        }
-        _tile_loadd(2, x + 64 * q, step);
-        for (p = 0; p < planes; p++) {
-            _tile_loadd(4, w + p * plane + q * chunk, stride);
-            _tile_dpbusd(0, 2, 4);
-        }
-        _tile_stored(0, acc, stride);
+    amx_configure(grp);
+    for (t = 0; t + 2 <= tiles; t += 2, acc += 32 * c, x += 32 * step) {
+        OTL_AMX_TILE(0, 1, 2, acc, x);
+        OTL_AMX_TILE(5, 6, 7, acc + 16 * c, x + 16 * step);
     }
-}
-
-static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int count, int step, const int8_t *w,
-                                    const otl_group *grp) {
-    const int full = count / 16, rest = count % 16;
-    if (full > 0) {
-        amx_configure(16, grp);
-        amx_tiles(acc, x, full, step, w, grp);
-    }
-    if (rest > 0) {
-        amx_configure(rest, grp);
-        amx_tiles(acc + (size_t)16 * (size_t)full * (size_t)grp->channels, x + (size_t)16 * (size_t)full * (size_t)step,
-                  1, step, w, grp);
-    }
+    if (t < tiles) OTL_AMX_TILE(0, 1, 2, acc, x);
     _tile_release();
 }
 
@@ -581,22 +582,18 @@ static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
 #endif
 }
 
-/* 1 when the group's rows go through add_patches_amx: an AMX layout, compiled in, on a CPU
- * with AMX-INT8 that the OS lets us use. */
-static int amx_kernel(const otl_group *grp) {
+/* 1 when the group's rows go through add_patches_amx (whole tiles of 16 patches; the rest by
+ * the vector kernels): an AMX layout, compiled in, on a CPU with AMX-INT8 that the OS lets us
+ * use. */
 #ifdef OTL_AMX_KERNEL
-    return grp->weights_amx != NULL && has_amx();
-#else
-    (void)grp;
-    return 0;
+static int amx_kernel(const otl_group *grp) { return grp->weights_amx != NULL && has_amx(); }
 #endif
-}
 
-/* 1 when the group's rows go through add_bytes_avx512: no AMX, 8-bit weights, compiled in, on
- * a CPU with AVX-512 VNNI. */
+/* 1 when the group's rows (with AMX: those past the last whole tile) go through
+ * add_bytes_avx512: 8-bit weights, compiled in, on a CPU with AVX-512 VNNI. */
 static int bytes_kernel(const otl_group *grp) {
 #ifdef OTL_BYTES_KERNEL
-    return !amx_kernel(grp) && grp->weights8 != NULL && has_avx512_vnni();
+    return grp->weights8 != NULL && has_avx512_vnni();
 #else
     (void)grp;
     return 0;
@@ -605,14 +602,17 @@ static int bytes_kernel(const otl_group *grp) {
 
 /* acc[i][c] += kernel row u over `count` patches x + step * i, by the group's kernel. */
 static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x, int count, int step) {
-    if (amx_kernel(grp)) {
 #ifdef OTL_AMX_KERNEL
-        add_patches_amx(acc, x, count, step,
+    if (count >= 16 && amx_kernel(grp)) {
+        const int tiles = count / 16;
+        add_patches_amx(acc, x, tiles, step,
                         grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * 64 * grp->channels),
                         grp);
-#endif
-        return;
+        acc += (size_t)16 * (size_t)tiles * (size_t)grp->channels, x += (size_t)16 * (size_t)tiles * (size_t)step;
+        count -= 16 * tiles;
+        if (count == 0) return;
     }
+#endif
     if (bytes_kernel(grp)) {
 #ifdef OTL_BYTES_KERNEL
         add_bytes_avx512(acc, x, count, step, grp->weights8 + (size_t)u * (size_t)grp->blocks * (size_t)(16 * grp->quads),
@@ -624,10 +624,9 @@ static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x,
 }
 
 #if !OTL_WRAP
-/* Values the group's kernel reads per patch: 64 (amx_chunks - 1) + amx_last (AMX), 4 * quads
- * (bytes kernel), 4 * dsp_quads (Arm DSP) or 2 * pairs. */
+/* Values the group's kernel reads per patch: 4 * quads (bytes kernel), 4 * dsp_quads (Arm DSP)
+ * or 2 * pairs (the AMX kernel reads 3K rounded up to 4, no more than these). */
 static int values_read(const otl_group *grp) {
-    if (amx_kernel(grp)) return 64 * (grp->amx_chunks - 1) + grp->amx_last;
     return bytes_kernel(grp) ? 4 * grp->quads : OTL_DSP_WEIGHTS ? 4 * grp->dsp_quads : 2 * grp->pairs;
 }
 
