@@ -80,6 +80,25 @@ def test_c_matches_reference_and_writes_the_same_container(built, photo, size):
 KERNELS = [(), ("OTL_NO_AMX",), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_AVX2",), ("OTL_PORTABLE",)]
 
 
+def test_amx_weight_tiles_hold_the_weights():
+    """The AMX layout: int8 digit planes that add up to the weights (9 bits: 3 planes, 12 bits:
+    17), laid out so that value t = 64 chunk + 4 row + i of kernel row u is weight W[c][t]."""
+    from otterlite.firmware_sim.codegen import amx_layout, digit_planes
+    rng = np.random.default_rng(3)
+    for lo, hi, planes in [(-128, 127, 1), (-255, 255, 3), (-256, 254, 2), (-2047, 2047, 17)]:
+        for k in (4, 7, 8, 32, 57):
+            w = rng.integers(lo, hi + 1, (5, 3, k, k))
+            w.flat[0], w.flat[1] = lo, hi
+            split = digit_planes(w)
+            assert len(split) == planes and (split.sum(axis=0) == w).all()
+            assert split.min() >= -128 and split.max() <= 127
+            layout, last = amx_layout(w)
+            assert last % 4 == 0 and 3 * k <= 64 * (layout.shape[2] - 1) + last < 3 * k + 4
+            values = layout.transpose(0, 1, 4, 2, 3, 5).reshape(k, planes, 5, -1)  # [u][plane][c][t]
+            assert (values.sum(axis=1)[..., :3 * k] == w.transpose(2, 0, 3, 1).reshape(k, 5, 3 * k)).all()
+            assert not values[..., 3 * k:].any()
+
+
 @pytest.mark.parametrize("defines", KERNELS)
 def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
     spec, _, _ = built

@@ -8,10 +8,12 @@ with t = 2p + i (t = 3v + ch indexes a kernel row's RGB-interleaved pixels), zer
 channels or 3K values: each pair of pixel values meets the weight pairs of four channels,
 the operand order of a 16-bit multiply-add (otl_encoder.c). Groups with 8-bit weights also
 get weights8[u][b][q][l][i] = the same with t = 4q + i, int8: four values per lane, the
-operand order of the u8 x s8 dot product (VPDPBUSD). Arm DSP builds take instead
+operand order of the u8 x s8 dot product (VPDPBUSD); on Linux x86 groups of at most 16
+channels also get weights_amx (amx_layout: TDPBUSD weight tiles, one per 64 values of a kernel
+row and int8 digit plane of the weights). Arm DSP builds take instead
 weights_dsp[u][trio][q][l][(0, 2, 1, 3)]: three channels per block, four values per quad
 paired as UXTB16 pairs the bytes (dsp_layout). Each build compiles only the layouts its
-kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS in otl_encoder.h). The threshold count is
+kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS, OTL_AMX_WEIGHTS in otl_encoder.h). The threshold count is
 the spec's bucket table (integer_spec.types.stage_buckets, the one ONNX and TFLite use),
 or where that takes more than 4 compares the thresholds padded to 256 per channel with
 INT32_MAX (never reached), for an 8-step binary search.
