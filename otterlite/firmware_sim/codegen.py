@@ -233,9 +233,11 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         quads, bytes_weights = quad.shape[2], f"OTL_BYTES(group{g}_weights8)"
         lines += ["#if OTL_BYTES_WEIGHTS", f"static const int8_t group{g}_weights8[{quad.size}] = {{", c_array(quad),
                   "};", "#endif", ""]
-    amx, last, amx_weights = np.zeros((0, 0, 0)), 0, "NULL"
-    if c <= AMX_MAX_CHANNELS and len(digit_planes(stage.weights)) <= AMX_MAX_PLANES:
-        amx, last = amx_layout(stage.weights)
+    amx, last = amx_layout(stage.weights)
+    amx_weights = "NULL"
+    if c > AMX_MAX_CHANNELS or amx.shape[1] > AMX_MAX_PLANES:
+        amx, last = np.zeros((0, 0, 0)), 0  # no AMX layout: the group stays on the vector kernels
+    else:
         amx_weights = f"OTL_AMX(group{g}_weights_amx)"
         lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
                   "};", "#endif", ""]

@@ -42,7 +42,8 @@
 
 /* Which weight layouts this build's kernels read (otl_encoder.c; otl_model.c holds only those):
  * pairs everywhere but Arm DSP builds, the int8 quads beside them on x86 with AVX-512 VNNI
- * compiled in, and the AMX tiles with them on Linux (-DOTL_NO_AMX leaves them out), the DSP layout (trios of channels, quads of values) on Arm DSP builds. */
+ * compiled in, and the AMX tiles with them on Linux (-DOTL_NO_AMX leaves them out), the DSP
+ * layout (trios of channels, quads of values) on Arm DSP builds. */
 #if !defined(OTL_PORTABLE) && !defined(__SSE2__) && !defined(__ARM_NEON) && defined(__ARM_FEATURE_SIMD32)
 #define OTL_DSP_WEIGHTS 1
 #else
