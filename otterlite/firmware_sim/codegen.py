@@ -250,12 +250,13 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
 
 def bucket_arrays(g: int, buckets) -> list[str]:
     """Group g's otl_buckets (integer_spec.types.ThresholdBuckets) as C arrays: base and
-    counts in uint8, candidates [C][B][M] and the piles' values [C][K] in int32."""
+    counts in uint8 (base then 3 zero bytes: the AVX-512 count reads base[b] as an int32),
+    candidates [C][B][M] and the piles' values [C][K] in int32."""
     c, nb = buckets.base.shape
     m, k = buckets.candidates.shape[0], buckets.values.shape[0]
     assert buckets.base.max() <= 255 and buckets.counts.max() <= 255 and buckets.shift.max() <= 31, "uint8 fields"
     arrays = [("int32_t", "lo", buckets.lo), ("int32_t", "hi", buckets.hi), ("uint8_t", "shift", buckets.shift),
-              ("uint8_t", "base", buckets.base), ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
+              ("uint8_t", "base", np.append(buckets.base, [0, 0, 0])), ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
               ("int32_t", "values", buckets.values.T), ("uint8_t", "counts", buckets.counts.T)]
     lines = []
     for ctype, name, values in arrays:

@@ -16,7 +16,8 @@
  * and with AVX-512 VNNI the u8 x s8 bytes kernel for groups with 8-bit weights; NEON; the Arm
  * DSP extension; else plain C. The tests build every variant the host can run: -DOTL_NO_AMX
  * (AVX-512 VNNI and the bytes kernel at most), -DOTL_NO_VNNI8 (AVX-512 without the bytes
- * kernel), -DOTL_NO_AVX512 (AVX2 at most), -DOTL_NO_AVX2 (SSE2), -DOTL_PORTABLE (plain C). */
+ * kernel), -DOTL_NO_AVX512 (AVX2 at most), -DOTL_NO_AVX2 (SSE2), -DOTL_PORTABLE (plain C).
+ * The bucket-table threshold count takes 16 latents at a time with AVX-512 (gathers), else one. */
 #if defined(OTL_PORTABLE)
 #elif defined(__SSE2__)
 #include <immintrin.h>
@@ -341,6 +342,41 @@ static OTL_AVX512 void add_bytes_avx512(int32_t *acc, const uint8_t *x, int coun
 
 static int has_avx512_vnni(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+}
+
+#define OTL_AVX512_COUNT
+/* count_row_buckets for 16 columns at a time: the accumulators, base bytes (4 bytes at base[b],
+ * inside the table's 3 bytes of read slack) and candidates gathered, the compares as masked
+ * adds; the last columns under a mask. */
+static OTL_AVX512 void count_row_buckets_avx512(int8_t *out, const int32_t *a, int stride, int n,
+                                                const otl_buckets *t, int c) {
+    const __m512i lo = _mm512_set1_epi32(t->lo[c]), hi = _mm512_set1_epi32(t->hi[c]);
+    const __m128i shift = _mm_cvtsi32_si128(t->shift[c]);
+    const int m = t->compares, k = t->outside;
+    const uint8_t *base = t->base + (size_t)c * (size_t)t->count;
+    const int32_t *candidates = t->candidates + (size_t)c * (size_t)t->count * (size_t)m;
+    const int32_t *values = t->values + (size_t)c * (size_t)k;
+    const uint8_t *counts = t->counts + (size_t)c * (size_t)k;
+    const __m512i columns = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32(stride));
+    const __m512i one = _mm512_set1_epi32(1);
+    int j, i;
+    for (j = 0; j < n; j += 16, a += 16 * stride) {
+        const __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, columns, a, 4);
+        const __m512i x = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        const __m512i b = _mm512_srl_epi32(_mm512_sub_epi32(x, lo), shift);
+        const __m512i at = _mm512_mullo_epi32(b, _mm512_set1_epi32(m));
+        __m512i count = _mm512_and_si512(_mm512_i32gather_epi32(b, base, 1), _mm512_set1_epi32(0xFF));
+        for (i = 0; i < m; i++) {
+            const __m512i cand = _mm512_i32gather_epi32(_mm512_add_epi32(at, _mm512_set1_epi32(i)), candidates, 4);
+            count = _mm512_mask_add_epi32(count, _mm512_cmpge_epi32_mask(x, cand), count, one);
+        }
+        for (i = 0; i < k; i++)
+            count = _mm512_mask_add_epi32(count, _mm512_cmpge_epi32_mask(v, _mm512_set1_epi32(values[i])), count,
+                                          _mm512_set1_epi32(counts[i]));
+        _mm512_mask_cvtepi32_storeu_epi8(out + j, live, _mm512_add_epi32(count, _mm512_set1_epi32(OTL_BASE)));
+    }
 }
 #endif
 
@@ -673,6 +709,11 @@ static int emit_row(otl_encoder *enc, int g, int latent_row, int32_t *acc, otl_e
     if (otl_trace) otl_trace(g, latent_row, acc, grp->channels, cols);
 #endif
     for (c = 0; c < grp->channels; c++) {
+#ifdef OTL_AVX512_COUNT
+        if (grp->buckets && has_avx512_vnni())
+            count_row_buckets_avx512(enc->latents + c * cols, acc + c, grp->channels, cols, grp->buckets, c);
+        else
+#endif
         if (grp->buckets)
             count_row_buckets(enc->latents + c * cols, acc + c, grp->channels, cols, grp->buckets, c);
         else

@@ -72,7 +72,8 @@ typedef struct {
     int outside;               /* K: piles of thresholds outside the accumulator range per channel */
     const int32_t *lo, *hi;    /* [C] the accumulator range */
     const uint8_t *shift;      /* [C] log2 of the bucket width */
-    const uint8_t *base;       /* [C][B] thresholds inside the range at or below the bucket's first value */
+    const uint8_t *base;       /* [C][B] thresholds inside the range at or below the bucket's first value,
+                                  then 3 zero bytes (read slack: the AVX-512 count loads 4 bytes at base[b]) */
     const int32_t *candidates; /* [C][B][M] the thresholds inside the bucket */
     const int32_t *values;     /* [C][K] a pile's threshold (INT32_MAX: none) */
     const uint8_t *counts;     /* [C][K] how many thresholds it holds */
