@@ -90,13 +90,14 @@ def load_torch_reference(path: Path, spec):
 def load_numpy_frame(path: Path, spec):
     """encode_frame, apply_forward or the consumer's transform; the encoder and the forward
     transform probe their accumulators (the inverse's 2^24-entry lookup has no intermediate)."""
-    from otterlite.runtime import ConsumerDecoder, apply_forward, encode_frame
-    from otterlite.runtime.encoder import frame_accumulators
+    from otterlite.runtime import ConsumerDecoder, apply_forward
+    from otterlite.runtime.encoder import FrameEncoder
     from otterlite.runtime.forward import forward_accumulator
 
     if spec.kind in ENCODER_KINDS:
-        run = hwc_runner(lambda rgb: encode_frame(spec, rgb))
-        return with_probe(run, lambda rgb: [a.transpose(2, 0, 1) for a in frame_accumulators(spec, rgb)])
+        encoder = FrameEncoder(spec)
+        run = hwc_runner(encoder.encode)
+        return with_probe(run, lambda rgb: [a.transpose(2, 0, 1) for a in encoder.accumulators(rgb)])
     if spec.kind == "seaotter-inverse":
         return transform_runner(ConsumerDecoder(spec).transform)
     run = transform_runner(lambda rgb: apply_forward(spec, rgb))

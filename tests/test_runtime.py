@@ -45,22 +45,28 @@ def test_streaming_and_frame_match_reference_on_odd_sizes(specs, photo, size):
 
 
 def test_blas_products_exact_at_the_accumulator_extremes(rng):
-    """12-bit weights at patch 32 (a phase's bound 255 * 96 * 2047 is above 2^24: float64) and
-    8-bit at patch 8 (float32), on frames that drive every accumulator to its extremes, with
-    thresholds at those extremes: frame and streaming equal the int64 reference."""
+    """12-bit weights at patch 32 (the patch's bound 255 * 3072 * 2047 is above 2^24: float32
+    over parts of it), 8-bit at patch 8 (one float32 product) and at patch 16 one weight whose
+    bound alone is above 2^24 (float64), on frames that drive every accumulator to its
+    extremes, with thresholds at those extremes: frame and streaming equal the int64 reference."""
     from otterlite.integer_spec.types import ConvStage, ThresholdConvSpec
-    from otterlite.runtime.encoder import PatchGroup, frame_accumulators
+    from otterlite.runtime.encoder import FrameEncoder, frame_accumulators
 
     stages = []
-    for k, peak, first in ((32, 2047, 0), (8, 127, 3)):
+    for k, peak, first in ((32, 2047, 0), (8, 127, 3), (16, 127, 6)):
         w = rng.integers(-peak, peak + 1, (3, 3, k, k)).astype(np.int64)
         w[0], w[1] = peak, -peak  # channel 0 all +peak, channel 1 all -peak
+        if k == 16:
+            w[2, 1, 3, 5] = 70000  # 255 * 70000 > 2^24
         lo, hi = 255 * np.minimum(w, 0).reshape(3, -1).sum(1), 255 * np.maximum(w, 0).reshape(3, -1).sum(1)
         t = np.sort(rng.integers(lo[:, None], hi[:, None] + 1, (3, 254)), axis=1)
         t[:, 0], t[:, -1] = lo, hi  # counted exactly at the extremes
         stages.append(ConvStage(w, t.astype(np.int64), k, 0, (first, first + 3)))
     spec = ThresholdConvSpec("frappe-encoder", stages, -127, "int8", "0" * 64)
-    assert [PatchGroup(s).dtype for s in stages] == [np.float64, np.float32]
+    (chain, groups), = FrameEncoder(spec).chains
+    assert chain == (32, 16, 8)
+    assert [(w.dtype, len(parts) > 1) for _, _, w, parts in groups] == [(np.float32, True), (np.float32, False),
+                                                                         (np.float64, False)]
     assert 255 * 3 * 32 * 32 * 2047 < 2 ** 31  # the int32 bound freeze guarantees holds here too
     frames = [np.full((64, 96, 3), 255, np.uint8), np.zeros((64, 96, 3), np.uint8),
               rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), np.full((64, 96, 3), 255, np.uint8)]
@@ -77,6 +83,30 @@ def test_blas_products_exact_at_the_accumulator_extremes(rng):
         for got in (encode_frame(spec, rgb), StreamingEncoder(spec, 96, 64).encode(rgb)):
             for a, b in zip(want, got):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_frame_encoder_on_patches_that_do_not_nest(rng):
+    """Patches 24, 16 and 8: 16 does not divide 24, so the frame is copied in two nested orders
+    (24 with 8, then 16 alone); both copies give the reference's latents and accumulators."""
+    from otterlite.integer_spec.types import ConvStage, ThresholdConvSpec
+    from otterlite.runtime.encoder import FrameEncoder, patch_chains
+
+    assert patch_chains([24, 16, 8]) == [(24, 8), (16,)] and patch_chains([8, 32, 16, 8]) == [(32, 16, 8)]
+    stages = []
+    for g, k in enumerate((24, 16, 8)):
+        w = rng.integers(-127, 128, (2, 3, k, k)).astype(np.int64)
+        lo, hi = 255 * np.minimum(w, 0).reshape(2, -1).sum(1), 255 * np.maximum(w, 0).reshape(2, -1).sum(1)
+        t = np.sort(rng.integers(lo[:, None] // 8, hi[:, None] // 8, (2, 254)), axis=1)
+        stages.append(ConvStage(w, t.astype(np.int64), k, 0, (2 * g, 2 * g + 2)))
+    spec = ThresholdConvSpec("frappe-encoder", stages, -127, "int8", "0" * 64)
+    rgb = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    accumulators = [a[0].numpy() for a in run_spec(spec, x, intermediate=True)[1].values()]
+    encoder = FrameEncoder(spec)
+    for a, b in zip(accumulators, encoder.accumulators(rgb)):
+        np.testing.assert_array_equal(a, b.transpose(2, 0, 1))
+    for a, b in zip(reference(spec, rgb), encoder.encode(rgb)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_streaming_emits_rows_as_soon_as_complete(specs, photo):

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, accumulator_range,
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, TableMixSpec, ThresholdConvSpec, exact_parts,
                                          padded_thresholds, stage_buckets, wrap_runs)
 
 OPSET = 17
@@ -48,23 +48,9 @@ class GraphBuilder:
 
 def row_parts(weights: np.ndarray, limit: int = FLOAT_EXACT_LIMIT) -> list[tuple[int, int]] | None:
     """Kernel rows [a, b) in consecutive parts whose bound stays below `limit` for every
-    channel c (greedy, fewest parts), or None if one row alone exceeds it. The bound of a
-    part is 255 * max(sum of its positive weights, -sum of its negative ones): every partial
-    sum of its terms x * W (x in 0..255) lies between those two."""
-    def bound(a, b):
-        lo, hi = accumulator_range(weights[:, :, a:b])
-        return max(-lo.min(), hi.max())
-    k = weights.shape[2]
-    if max(bound(u, u + 1) for u in range(k)) >= limit:
-        return None
-    parts, start = [], 0
-    while start < k:
-        stop = start + 1
-        while stop < k and bound(start, stop + 1) < limit:
-            stop += 1
-        parts.append((start, stop))
-        start = stop
-    return parts
+    channel c (integer_spec.types.exact_parts over the rows), or None if one row alone exceeds it."""
+    w = weights.astype(np.int64)
+    return exact_parts(np.maximum(w, 0).sum(axis=(1, 3)).T, np.minimum(w, 0).sum(axis=(1, 3)).T, limit)
 
 
 def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str,

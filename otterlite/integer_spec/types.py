@@ -147,6 +147,26 @@ def accumulator_range(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 255 * np.minimum(w, 0).sum(1), 255 * np.maximum(w, 0).sum(1)
 
 
+def exact_parts(positive: np.ndarray, negative: np.ndarray, limit: int = FLOAT_EXACT_LIMIT) -> list[tuple[int, int]] | None:
+    """Terms [a, b) in consecutive parts (greedy, fewest) whose bound stays below `limit` for
+    every channel, or None if one term alone exceeds it; positive / negative: (n, C) each
+    term's sum of positive / negative weights. The bound of a part is 255 * max(its positive
+    sum, -its negative sum): every partial sum of its products x * W (x in 0..255) lies between."""
+    most = (limit - 1) // 255  # the largest sum whose bound is below limit
+    zero = np.zeros((1, positive.shape[1]), np.int64)
+    up = np.concatenate([zero, np.cumsum(positive.astype(np.int64), axis=0)])      # nondecreasing
+    down = np.concatenate([zero, -np.cumsum(negative.astype(np.int64), axis=0)])  # nondecreasing
+    n, parts, start = positive.shape[0], [], 0
+    while start < n:  # the part ends where the first channel's positive or negative sum passes `most`
+        stop = min(int(np.searchsorted(sums[:, c], sums[start, c] + most, side="right")) - 1
+                   for sums in (up, down) for c in range(sums.shape[1]))
+        if stop == start:
+            return None
+        parts.append((start, stop))
+        start = stop
+    return parts
+
+
 @dataclass
 class ConvStage:
     weights: np.ndarray  # (C, Cin, k, k) int32 holding the integer weights

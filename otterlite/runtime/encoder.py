@@ -8,9 +8,9 @@ A row of width W is a contiguous (W/k, 3k) matrix in HWC order, so each row is o
 matmul per group with the (3k, C) weight slice of phase u. The products are floating
 point holding integers, exact because every partial sum is an integer of magnitude at
 most 255 * sum |W| over its terms: below 2^31 (the freeze step proved it), so always exact
-in float64 (the streaming encoder), and exact in float32 wherever the bound of one phase's
-3k terms is below 2^24 (the whole frame's products, checked per group when the spec is
-loaded; float64 where it is not). Phase sums are added in float64 or int32, exact as well.
+in float64 (the streaming encoder), and exact in float32 over any part of a patch whose
+bound is below 2^24 (the whole frame's products, FrameEncoder: the parts found when it is
+built). Phase and part sums are added in float64 or int32, exact as well.
 Between rows the streaming encoder keeps one accumulator row per group and its row buffer.
 
 WaLLoC's spec (one 57x57 stride-8 stage whose border wraps around) runs as a whole frame
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, ThresholdConvSpec, accumulator_range, check_encoder_spec,
-                                         read_spec, wrap_runs)
+from otterlite.integer_spec.types import (FLOAT_EXACT_LIMIT, ThresholdBuckets, ThresholdConvSpec, accumulator_range,
+                                         check_encoder_spec, exact_parts, read_spec, stage_buckets, wrap_runs)
 
 
 def load_encoder_spec(source: str | Path | bytes, kind: str = "frappe-encoder") -> ThresholdConvSpec:
@@ -90,19 +90,15 @@ class WrapStage:
 
 
 class PatchGroup:
-    """Constants of one scale group: per-phase weights as (k, 3k, C) for the whole frame (in
-    `dtype`, float32 when the phase bound allows it) and (k, C, 3k) float64 for rows, and the
-    thresholds (C, L)."""
+    """Constants of one scale group for the streaming encoder: per-phase weights as (k, C, 3k)
+    float64 for rows, and the thresholds (C, L)."""
 
     def __init__(self, stage):
         self.k = stage.stride
         self.channels = stage.weights.shape[0]
-        # W[c, ch, u, v] -> phase[u][v*3 + ch, c], matching a row's (k*j + v, ch) layout
-        phase = stage.weights.transpose(2, 3, 1, 0).reshape(self.k, 3 * self.k, self.channels).astype(np.int64)
-        self.phase_bound = 255 * int(np.abs(phase).sum(axis=1).max())
-        self.dtype = np.float32 if self.phase_bound < FLOAT_EXACT_LIMIT else np.float64
-        self.phase = np.ascontiguousarray(phase, self.dtype)
-        self.phase_rows = np.ascontiguousarray(phase.transpose(0, 2, 1), np.float64)
+        # W[c, ch, u, v] -> phase[u][c, v*3 + ch], matching a row's (k*j + v, ch) layout
+        phase = stage.weights.transpose(2, 0, 3, 1).reshape(self.k, self.channels, 3 * self.k)
+        self.phase_rows = np.ascontiguousarray(phase, np.float64)
         self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
 
     def count(self, acc: np.ndarray) -> np.ndarray:
@@ -295,31 +291,139 @@ class StreamingEncoder(RowEncoder):
 
 def encode_frame(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
     """Whole-frame mode: the same integer formula vectorised over all patch rows at once.
-    rgb (H, W, 3) uint8 with sides multiples of the largest patch -> per group (C, h, w) int8."""
-    return [count_levels(stage.thresholds, acc, spec.base)
-            for stage, acc in zip(spec.stages, frame_accumulators(spec, rgb))]
+    rgb (H, W, 3) uint8 with sides multiples of the largest patch -> per group (C, h, w) int8.
+    (FrameEncoder(spec) once, then .encode per frame, saves building its tables each time.)"""
+    return FrameEncoder(spec).encode(rgb)
 
 
 def frame_accumulators(spec: ThresholdConvSpec, rgb: np.ndarray) -> list[np.ndarray]:
-    """encode_frame's accumulators: per group (h, w, C) float64 holding integers,
-    a[i, j, c] = sum_u row(k*i + u) @ phase[u]: one batched matmul over all rows of the frame
-    (in the group's dtype), the phases summed in float64."""
-    check_encoder_spec(spec)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise OtterliteError(f"frame must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
-    big = spec.largest_stride
+    """encode_frame's accumulators: per group (h, w, C) float64 holding integers."""
+    return FrameEncoder(spec).accumulators(rgb)
+
+
+class FrameEncoder:
+    """A whole frame at once. FRAPPE: per band of one largest patch's rows, the band copied
+    into nested patch order (nested_patches) so that every group's patches are the rows of one
+    matrix, and per group one matrix product with its weights in that order,
+    a[patch, c] = sum_t patch[t] * W'[t, c]: float32 over parts of the patch whose bound is
+    below 2^24 (exact_parts), the parts summed in float64 (float64 if one value's bound is
+    not); the band stays in cache between the products. The count by the spec's bucket table
+    (count_by_buckets) where it has one, else by search (count_levels)."""
+
+    def __init__(self, spec: ThresholdConvSpec):
+        check_encoder_spec(spec)
+        self.spec = spec
+        self.buckets = [stage_buckets(s) for s in spec.stages]
+        self.wrap = WrapStage(spec.stages[0]) if spec.kind == "walloc-encoder" else None
+        self.chains = []  # FRAPPE: (chain, [(group index, levels, weights, parts)])
+        for chain in [] if self.wrap else patch_chains([s.stride for s in spec.stages]):
+            groups = []
+            for g, stage in enumerate(spec.stages):
+                if stage.stride in chain:
+                    levels = chain[: chain.index(stage.stride) + 1]
+                    weights = nested_weights(stage.weights, chain[len(levels) - 1:])
+                    parts = exact_parts(np.maximum(weights, 0), np.minimum(weights, 0))
+                    dtype = np.float32 if parts else np.float64
+                    groups.append((g, levels, weights.astype(dtype), parts or [(0, weights.shape[0])]))
+            self.chains.append((chain, groups))
+
+    def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """(H, W, 3) uint8 -> per group (C, h, w) int8."""
+        return [count_levels(stage.thresholds, acc, self.spec.base) if buckets is None
+                else count_by_buckets(buckets, acc, self.spec.base)
+                for stage, buckets, acc in zip(self.spec.stages, self.buckets, self.accumulators(rgb))]
+
+    def accumulators(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """(H, W, 3) uint8 -> per group (h, w, C) float64 holding the integers."""
+        spec = self.spec
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise OtterliteError(f"frame must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
+        big = spec.largest_stride
+        h, w = rgb.shape[:2]
+        if h % big or w % big:
+            raise OtterliteError(f"frame {w}x{h}: sides must be multiples of {big} (pad with edge replication, "
+                                 f"or use StreamingEncoder, which pads)")
+        if self.wrap:
+            return [self.wrap.accumulate(rgb)]
+        out = [np.empty((h // s.stride, w // s.stride, s.weights.shape[0]), np.float64) for s in spec.stages]
+        for chain, groups in self.chains:
+            for y in range(0, h, chain[0]):
+                bands = {}  # the band in nested order, per dtype
+                for g, levels, weights, parts in groups:
+                    if weights.dtype not in bands:
+                        bands[weights.dtype] = nested_patches(rgb[y: y + chain[0]], chain, weights.dtype)
+                    patches = bands[weights.dtype].reshape(-1, weights.shape[0])
+                    sums = patches[:, : parts[0][1]] @ weights[: parts[0][1]]
+                    for a, b in parts[1:]:  # more parts: their sums added in float64
+                        sums = sums + (patches[:, a:b] @ weights[a:b]).astype(np.float64)
+                    k = levels[-1]
+                    out[g][y // k: (y + chain[0]) // k] = patch_order_to_rows(sums, chain[0], w, levels)
+        return out
+
+
+def count_by_buckets(buckets: ThresholdBuckets, acc: np.ndarray, base: int = -127) -> np.ndarray:
+    """(..., C) accumulators (integers) -> (C, ...) int8 base + the count by the bucket table
+    (integer_spec.types.ThresholdBuckets: a' = clip(a, lo, hi), b = (a' - lo) >> shift,
+    base[c, b] + the candidates a' passes + the piles a passes), as count_levels gives; in
+    int32 (a and a' - lo are below 2^31: stage_buckets checks the range)."""
+    a = np.moveaxis(acc, -1, 0).astype(np.int32, order="C").reshape(acc.shape[-1], -1)  # (C, n): long rows
+    lo, nb = buckets.lo.astype(np.int32)[:, None], buckets.base.shape[1]
+    x = np.clip(a, lo, buckets.hi.astype(np.int32)[:, None])
+    index = ((x - lo) >> buckets.shift.astype(np.int32)[:, None]) + nb * np.arange(len(lo), dtype=np.int32)[:, None]
+    count = np.take(buckets.base.astype(np.int16).reshape(-1), index)
+    for candidates in buckets.candidates:
+        count += x >= np.take(candidates.astype(np.int32).reshape(-1), index)
+    for values, counts in zip(buckets.values, buckets.counts):
+        count += (a >= values.astype(np.int32)[:, None]) * counts.astype(np.int16)[:, None]
+    return (count + base).astype(np.int8).reshape(np.moveaxis(acc, -1, 0).shape)
+
+
+def patch_chains(strides: list[int]) -> list[tuple[int, ...]]:
+    """The distinct strides in chains, largest first, each dividing the one before it (one
+    frame copy per chain serves all its groups)."""
+    chains = []
+    for k in sorted(set(strides), reverse=True):
+        for chain in chains:
+            if chain[-1] % k == 0:
+                chain.append(k)
+                break
+        else:
+            chains.append([k])
+    return [tuple(c) for c in chains]
+
+
+def digits(chain: tuple[int, ...]) -> list[int]:
+    """The radices that split a coordinate below chain[0]: chain[0] / chain[1], ..., chain[-1]."""
+    return [a // b for a, b in zip(chain, chain[1:])] + [chain[-1]]
+
+
+def nested_patches(rgb: np.ndarray, chain: tuple[int, ...], dtype) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H/k0, W/k0, y1, x1, ..., yn, xn, 3) in dtype, y = k0 Y + k1 y1 + ...
+    (k the chain): each patch of every stride in the chain is a contiguous run of values."""
     h, w = rgb.shape[:2]
-    if h % big or w % big:
-        raise OtterliteError(f"frame {w}x{h}: sides must be multiples of {big} (pad with edge replication, "
-                             f"or use StreamingEncoder, which pads)")
-    if spec.kind == "walloc-encoder":
-        return [WrapStage(spec.stages[0]).accumulate(rgb)]
-    frames = {}  # the frame converted once per dtype the groups need
-    out = []
-    for stage in spec.stages:
-        g = PatchGroup(stage)
-        if g.dtype not in frames:
-            frames[g.dtype] = rgb.astype(g.dtype)
-        rows = frames[g.dtype].reshape(h // g.k, g.k, w // g.k, 3 * g.k)  # [i, u, j, (v, ch)]
-        out.append(np.matmul(rows, g.phase[None]).sum(axis=1, dtype=np.float64))
+    r = digits(chain)
+    n = len(r)
+    view = rgb.reshape(h // chain[0], *r, w // chain[0], *r, 3)
+    order = [0, n + 1] + [a for d in range(1, n + 1) for a in (d, n + 1 + d)] + [2 * n + 2]
+    out = np.empty([view.shape[a] for a in order], dtype)
+    np.copyto(out, view.transpose(order))
     return out
+
+
+def nested_weights(weights: np.ndarray, chain: tuple[int, ...]) -> np.ndarray:
+    """W[c, ch, u, v] (patch chain[0]) -> (3 k^2, C) int64 in nested_patches' order within a patch."""
+    c, _, k, _ = weights.shape
+    r = digits(chain)
+    n = len(r)
+    w = weights.astype(np.int64).transpose(2, 3, 1, 0).reshape(*r, *r, 3, c)  # [u digits][v digits][ch][c]
+    order = [a for d in range(n) for a in (d, n + d)] + [2 * n, 2 * n + 1]
+    return w.transpose(order).reshape(3 * k * k, c)
+
+
+def patch_order_to_rows(acc: np.ndarray, h: int, w: int, levels: tuple[int, ...]) -> np.ndarray:
+    """(patches, C) in nested order (Y, X, y1, x1, ..., yi, xi) of patch levels[-1] -> (h/k, w/k, C)."""
+    k, r = levels[-1], [a // b for a, b in zip(levels, levels[1:])]
+    n = len(r)
+    acc = acc.reshape(h // levels[0], w // levels[0], *[d for d in r for _ in (0, 1)], -1)
+    order = [0] + [2 + 2 * d for d in range(n)] + [1] + [3 + 2 * d for d in range(n)] + [2 * n + 2]
+    return acc.transpose(order).reshape(h // k, w // k, -1)
