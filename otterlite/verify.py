@@ -181,9 +181,7 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
     names = select_backends(backends)
     photos = [(Path(p).name, load_rgb(p)) for p in images] if images else [
         (n, load_rgb(sample_photo(n))) for n in DEFAULT_PHOTOS]
-    report = Report()
-    references, spec_done = {}, set()
-    for entry in manifest["artifacts"]:
+    for entry in manifest["artifacts"]:  # every file checked before minutes of work, not after
         artifact = folder / entry["file"]
         if not artifact.is_file():
             raise OtterliteError(f"{artifact}: listed in manifest.json but missing; re-run 'otterlite export'")
@@ -193,6 +191,10 @@ def verify(folder: str | Path, images: list[str] | None = None, backends: list[s
         if not (folder / entry["spec_file"]).is_file():
             raise OtterliteError(f"{folder / entry['spec_file']}: listed in manifest.json but missing; re-run "
                                  f"'otterlite export'")
+    report = Report()
+    references, spec_done = {}, set()
+    for entry in manifest["artifacts"]:
+        artifact = folder / entry["file"]
         spec_bytes = (folder / entry["spec_file"]).read_bytes()
         spec = load_spec(spec_bytes, entry["spec_file"])
         height, width = input_size(entry)
