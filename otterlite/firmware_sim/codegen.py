@@ -256,7 +256,8 @@ def bucket_arrays(g: int, buckets) -> list[str]:
     m, k = buckets.candidates.shape[0], buckets.values.shape[0]
     assert buckets.base.max() <= 255 and buckets.counts.max() <= 255 and buckets.shift.max() <= 31, "uint8 fields"
     arrays = [("int32_t", "lo", buckets.lo), ("int32_t", "hi", buckets.hi), ("uint8_t", "shift", buckets.shift),
-              ("uint8_t", "base", np.append(buckets.base, [0, 0, 0])), ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
+              ("uint8_t", "base", np.append(buckets.base, [0, 0, 0])),
+              ("int32_t", "candidates", buckets.candidates.transpose(1, 2, 0)),
               ("int32_t", "values", buckets.values.T), ("uint8_t", "counts", buckets.counts.T)]
     lines = []
     for ctype, name, values in arrays:

@@ -147,7 +147,8 @@ def accumulator_range(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 255 * np.minimum(w, 0).sum(1), 255 * np.maximum(w, 0).sum(1)
 
 
-def exact_parts(positive: np.ndarray, negative: np.ndarray, limit: int = FLOAT_EXACT_LIMIT) -> list[tuple[int, int]] | None:
+def exact_parts(positive: np.ndarray, negative: np.ndarray,
+                limit: int = FLOAT_EXACT_LIMIT) -> list[tuple[int, int]] | None:
     """Terms [a, b) in consecutive parts (greedy, fewest) whose bound stays below `limit` for
     every channel, or None if one term alone exceeds it; positive / negative: (n, C) each
     term's sum of positive / negative weights. The bound of a part is 255 * max(its positive

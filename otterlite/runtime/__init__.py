@@ -10,5 +10,5 @@ from otterlite.runtime.consumer import ConsumerDecoder, apply_inverse, load_inve
 from otterlite.runtime.forward import apply_forward, load_forward_spec
 from otterlite.runtime.encoder import FrameEncoder, StreamingEncoder, encode_frame, load_encoder_spec, streaming_encoder
 
-__all__ = ["FrameEncoder", "StreamingEncoder", "streaming_encoder", "encode_frame", "load_encoder_spec", "ConsumerDecoder", "apply_inverse",
-           "load_inverse_spec", "apply_forward", "load_forward_spec"]
+__all__ = ["FrameEncoder", "StreamingEncoder", "streaming_encoder", "encode_frame", "load_encoder_spec",
+           "ConsumerDecoder", "apply_inverse", "load_inverse_spec", "apply_forward", "load_forward_spec"]

@@ -422,7 +422,7 @@ def nested_weights(weights: np.ndarray, chain: tuple[int, ...]) -> np.ndarray:
 
 def patch_order_to_rows(acc: np.ndarray, h: int, w: int, levels: tuple[int, ...]) -> np.ndarray:
     """(patches, C) in nested order (Y, X, y1, x1, ..., yi, xi) of patch levels[-1] -> (h/k, w/k, C)."""
-    k, r = levels[-1], [a // b for a, b in zip(levels, levels[1:])]
+    k, r = levels[-1], digits(levels)[:-1]
     n = len(r)
     acc = acc.reshape(h // levels[0], w // levels[0], *[d for d in r for _ in (0, 1)], -1)
     order = [0] + [2 + 2 * d for d in range(n)] + [1] + [3 + 2 * d for d in range(n)] + [2 * n + 2]
