@@ -16,8 +16,11 @@ wavelet packet cascade + 1x1 conv) in the same rounds, each checked against nump
 
 The consumer: Pillow's plain RGB decode of the SEA OTTER JPEG as the reference, against
 JPEG + inverse by numpy (the 2^24-entry table; the formula) and by the generated C inverse
-(c-lib, on Pillow's raw components); and the inverse transform alone (codes -> RGB, from
-memory) on numpy, c-lib, onnxruntime and LiteRT, each checked against numpy's output.
+linked with the system libjpeg (c-lib: Pillow reads the header, libjpeg the raw components,
+each band of rows through the inverse), with libjpeg's own plain RGB decode through the same
+library as a second reference (Pillow's libjpeg-turbo build can be slower than the system's);
+and the inverse transform alone (codes -> RGB, from memory) on numpy, c-lib, onnxruntime and
+LiteRT, each checked against numpy's output.
 
 Two references beside torch float, built and timed in the same run:
 - memory-read: one vectorized pass that only reads the frame (numpy's max over it as
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 SIZES = ((512, 512), (1088, 1920))
+CONSUMER_REFERENCES = ("pillow-jpeg-decode", "libjpeg-rgb-decode")  # plain RGB decodes, not the consumer
 ENCODERS = ("torch-int", "ort-O3-t1", "litert", "numpy", "numpy-streaming", "c", "c-lib")
 WALLOC_ENCODERS = ("numpy", "numpy-streaming", "ort-O3-t1", "litert", "c-lib")  # exact backends of the wrap-around spec
 
@@ -221,7 +225,7 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
     from otterlite.images import calibration_photos
     from otterlite.models.checkpoint import load_frappe, load_seaotter
     from otterlite.firmware_sim.consumer import LibraryInverse
-    from otterlite.models.jpeg import read_codec_jpeg, write_codec_jpeg
+    from otterlite.models.jpeg import open_codec_jpeg, read_codec_jpeg, write_codec_jpeg
     from otterlite.runtime import ConsumerDecoder, StreamingEncoder
     from otterlite.integer_spec.fidelity import Target
     from otterlite.integer_spec.freeze import freeze_seaotter_inverse
@@ -244,7 +248,7 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
               "weight_bits": spec.info["weight_bits"], "consumer_table_build_s": table_build_s}
     steps, step = len(sizes) * (len(available) + 2 + peer), 0
     with tempfile.TemporaryDirectory() as tmp:
-        library = None if BACKENDS["c-lib"].missing() else LibraryInverse(inverse, Path(tmp) / "inverse-c")
+        library = None if BACKENDS["c-lib"].missing() else LibraryInverse(inverse, Path(tmp) / "inverse-c", jpeg=True)
         for height, width in sizes:
             size = f"{width}x{height}"
             rgb = photo(height, width)
@@ -289,15 +293,19 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
             transforms = {"numpy": lambda: consumer.transform(codes), "numpy-formula": lambda: formula.transform(codes)}
             decodes = {"pillow-jpeg-decode": lambda: np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")),
                        "numpy": lambda: consumer.decode(jpeg), "numpy-formula": lambda: formula.decode(jpeg)}
-            if library is not None:  # the JPEG's raw components (Pillow) through the compiled inverse
+            if library is not None:  # libjpeg's raw components through the compiled inverse, band by band
                 transforms["c-lib"] = lambda: library.transform(codes)
-                decodes["c-lib"] = lambda: library.transform(read_codec_jpeg(jpeg)[0])
+                decodes["c-lib"] = lambda: library.decode(jpeg, *open_codec_jpeg(jpeg, load=False)[0].size)
+                decodes["libjpeg-rgb-decode"] = lambda: library.decode(jpeg, width, height, inverse=False)
             for name in ("ort-O3-t1", "litert"):
                 if not BACKENDS[name].missing():
                     transforms[name] = timed_run(BACKENDS[name], inverse, codes, Path(tmp) / f"inverse-{size}")
             hwc = lambda out: out[0][0].transpose(1, 2, 0) if isinstance(out, list) else out  # noqa: E731  (graphs: [NCHW])
             want = transforms["numpy"]()
             exact = {name: np.array_equal(hwc(run()), want) for name, run in transforms.items()}
+            decoded = consumer.decode(jpeg)
+            exact_decode = {name: np.array_equal(run(), decoded) for name, run in decodes.items()
+                            if name not in CONSUMER_REFERENCES}
             seconds = best_times(decodes, repeats)
             transform_seconds = best_times(transforms, repeats)
             step += 1
@@ -306,7 +314,8 @@ def bench_one_thread(repeats: int, say, sizes) -> dict:
                 f"{mpx / seconds['numpy-formula']:.1f} by the formula")
             for name, t in seconds.items():
                 result["consumer"].setdefault(name, {"sizes": {}})["sizes"][size] = {
-                    "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t}
+                    "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t,
+                    "exact": exact_decode.get(name)}
             for name, t in transform_seconds.items():
                 result["inverse_transform"].setdefault(name, {"sizes": {}})["sizes"][size] = {
                     "mpx_s": mpx / t, "vs_jpeg_decode": seconds["pillow-jpeg-decode"] / t, "exact": exact[name]}
@@ -343,9 +352,11 @@ def summary(result: dict) -> list[str]:
     lines.append(f"  streaming working memory: peak {result['streaming_peak_bytes']} B "
                  f"(kept between rows {result['streaming_state_bytes']} B)")
     for name, fig in result["consumer"].items():
-        lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode")
+        lines.append(f"  consumer {name:<20} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x Pillow JPEG decode"
+                     + ("  NOT EXACT" if fig["sizes"][at]["exact"] is False else ""))
     lines.append(f"  consumer numpy: its 2^24-entry table took {result['consumer_table_build_s']:.2f} s to build; "
-                 f"'otterlite decode' (one JPEG) runs numpy-formula; c-lib: Pillow's raw components + the C inverse")
+                 f"'otterlite decode' (one JPEG) runs numpy-formula; c-lib ('--runtime c'): libjpeg's raw components "
+                 f"through the C inverse, band by band")
     for name, fig in result.get("inverse_transform", {}).items():
         lines.append(f"  inverse transform alone {name:<12} {fig['mpx_s']:7.1f} MPx/s  {fig['vs_jpeg_decode']:5.2f}x "
                      f"Pillow JPEG decode" + ("" if fig["sizes"][at]["exact"] else "  NOT EXACT"))

@@ -18,7 +18,7 @@ from otterlite.container import LatentFrame, read_container, read_header, write_
 from otterlite.errors import OtterliteError
 from otterlite.files import read_bytes, write_atomic
 from otterlite.images import encode_png, load_rgb, pad_to_multiple
-from otterlite.models.jpeg import check_marker, read_codec_jpeg, write_codec_jpeg
+from otterlite.models.jpeg import check_marker, open_codec_jpeg, read_codec_jpeg, write_codec_jpeg
 
 
 def nchw(rgb: np.ndarray):
@@ -336,11 +336,28 @@ def inverse_transform(runtime: str = "numpy", models: str | None = None, seaotte
         from otterlite.runtime import ConsumerDecoder
 
         return ConsumerDecoder(spec, table).decode
+    if backend.name == "c-lib":
+        return c_consumer(spec, name)
 
     def decode(jpeg: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
         comps, meta = read_codec_jpeg(jpeg, source)
         check_marker(meta, spec.source_sha256, name, source, force)
         return run_deployed_hwc(spec, comps, runtime)
+    return decode
+
+
+def c_consumer(spec, name: str) -> Callable[..., np.ndarray]:
+    """decode for --runtime c: Pillow reads the header (size, marker), the generated C inverse
+    linked with libjpeg decodes the pixels (firmware_sim.consumer.LibraryInverse)."""
+    from otterlite.firmware_sim.consumer import LibraryInverse
+
+    with tempfile.TemporaryDirectory() as folder:  # the library stays loaded once its file is gone
+        library = LibraryInverse(spec, folder, jpeg=True)
+
+    def decode(jpeg: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
+        image, meta = open_codec_jpeg(jpeg, source, load=False)
+        check_marker(meta, spec.source_sha256, name, source, force)
+        return library.decode(jpeg, *image.size, source)
     return decode
 
 

@@ -1,5 +1,6 @@
 """The stage commands run what ships: encode, transcode's forward and decode on the exported
 integer specs, identical bytes on every integer runtime, and a lite install (numpy and Pillow only) running encode and decode from an export."""
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,36 @@ def test_lite_install_encodes_and_decodes_with_numpy_and_pillow_only(models, sta
     assert (tmp_path / "lite.png").read_bytes() == (tmp_path / "full.png").read_bytes()
     done = lite("decode", str(stages / "a.jpg"), "-o", str(tmp_path / "no.png"))
     assert done.returncode == 2 and "pass --models DIR" in done.stderr and not (tmp_path / "no.png").exists()
+
+
+@pytest.mark.parametrize("defines", [(), ("OTL_NO_AVX512",)])
+def test_c_consumer_decodes_like_numpy(tmp_path, photo, defines):
+    """The generated C inverse linked with libjpeg (--runtime c) against the numpy consumer
+    (Pillow's raw components, the 2^24-entry table): the upstream-style checkpoint's singular
+    tables (about 2^38) on every code triple and on a photo's JPEG, the 3x3 arch D (the whole
+    image decoded first) on an odd-sized one; a truncated JPEG is an error, not grey pixels."""
+    from otterlite.errors import OtterliteError
+    from otterlite.firmware_sim.consumer import LibraryInverse
+    from otterlite.models.checkpoint import load_seaotter
+    from otterlite.models.jpeg import write_codec_jpeg
+    from otterlite.runtime import ConsumerDecoder
+    from otterlite.integer_spec.freeze import freeze_seaotter_inverse
+
+    for arch, image in (("A", photo[:120, :160]), ("D", photo[:37, :51])):
+        folder, _ = write_upstream_seaotter(tmp_path / arch, arch, "jfif", seed=5)
+        bundle, ckpt = load_seaotter(str(folder))
+        inverse = freeze_seaotter_inverse(bundle, ckpt.sha256)
+        library = LibraryInverse(inverse, tmp_path / f"c-{arch}", jpeg=True, defines=defines)
+        numpy_consumer = ConsumerDecoder(inverse, table=arch == "A")
+        if arch == "A":
+            assert inverse.accumulator_bound > 2 ** 31  # the singular codes: int64 sums
+            every = np.arange(2 ** 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3]
+            np.testing.assert_array_equal(library.transform(every), numpy_consumer.transform(every))
+        codes = np.ascontiguousarray(image[..., ::-1])  # any codes: the photo's channels reversed
+        jpeg = write_codec_jpeg(codes, bundle.qtable(1), ckpt.sha256, 1)
+        h, w = codes.shape[:2]
+        np.testing.assert_array_equal(library.decode(jpeg, w, h), numpy_consumer.decode(jpeg))
+        with pytest.raises(OtterliteError, match="unreadable JPEG .libjpeg: .*truncated or corrupted"):
+            library.decode(jpeg[:len(jpeg) // 2], w, h)
+    plain = library.decode(jpeg, w, h, inverse=False)
+    np.testing.assert_array_equal(plain, np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from otterlite.errors import OtterliteError
 from otterlite.debian import apt_install
-from otterlite.firmware_sim.host import RUN_TIMEOUT_S, run_harness
+from otterlite.firmware_sim.host import RUN_TIMEOUT_S, libjpeg_missing, run_harness
 from otterlite.firmware_sim.toolchains import CROSS, DEBIAN_PACKAGES, CrossTarget, compile_command, missing
 
 FAULT_EXIT = 70  # otl_startup.c exits with this on any fault
@@ -118,14 +118,15 @@ def section_sizes(target: CrossTarget, binary: Path) -> dict:
 
 
 def setup_toolchains(say=print) -> None:
-    """Install the Debian cross compilers and QEMU (apt-get; through sudo when not root)."""
-    absent = [t.name for t in CROSS.values() if missing(t)]
+    """Install the Debian cross compilers, QEMU and libjpeg's headers (apt-get; through sudo
+    when not root)."""
+    absent = [t.name for t in CROSS.values() if missing(t)] + (["the C consumer"] if libjpeg_missing() else [])
     if not absent:
-        say("cross compilers and QEMU already installed")
+        say("cross compilers, QEMU and libjpeg already installed")
         return
     say(f"installing {' '.join(DEBIAN_PACKAGES)} (for {', '.join(absent)})")
     apt_install(list(DEBIAN_PACKAGES))
-    still = [t.name for t in CROSS.values() if missing(t)]
+    still = [t.name for t in CROSS.values() if missing(t)] + (["the C consumer"] if libjpeg_missing() else [])
     if still:
         raise OtterliteError(f"installed, but still missing for {', '.join(still)}")
-    say("cross compilers and QEMU installed")
+    say("cross compilers, QEMU and libjpeg installed")

@@ -17,6 +17,7 @@ from otterlite.errors import OtterliteError
 from otterlite.firmware_sim.toolchains import HOST_CFLAGS, LIBRARY, SANITIZE_CFLAGS
 
 RUN_TIMEOUT_S = 300
+LIBJPEG_FIX = "apt-get install libjpeg-dev (Debian: libjpeg62-turbo-dev), or otterlite setup toolchains"
 
 
 def find_compiler() -> str | None:
@@ -34,6 +35,21 @@ def compiler_missing() -> str | None:
         return None
     return ("no C compiler found ($CC, cc or gcc); install one (Debian: apt-get install gcc) "
             "or set CC=/path/to/compiler")
+
+
+def libjpeg_missing() -> str | None:
+    """Why the C consumer (csrc/otl_jpeg.c) cannot link libjpeg here, or None."""
+    reason = compiler_missing()
+    if reason:
+        return reason
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("#include <stdio.h>\n#include <jpeglib.h>\nint main(void) {\n"
+                         "    struct jpeg_decompress_struct c; struct jpeg_error_mgr e;\n"
+                         "    c.err = jpeg_std_error(&e); jpeg_create_decompress(&c); return 0;\n}\n")
+        done = subprocess.run([find_compiler(), str(probe), "-o", str(Path(tmp) / "probe"), "-ljpeg"],
+                              capture_output=True, text=True)
+    return None if done.returncode == 0 else f"libjpeg's headers or library not found: {LIBJPEG_FIX}"
 
 
 def build_host(folder: str | Path, sanitize: bool = False, defines: tuple[str, ...] = ()) -> Path:

@@ -67,7 +67,8 @@ CROSS = {t.name: t for t in (
                 ("-O2", "-static"), "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user",
                 ("qemu-arm", "-cpu", "cortex-a7"), 900, 1.1, "in-order, partial dual issue"),
 )}
-DEBIAN_PACKAGES = sorted({p for t in CROSS.values() for p in t.packages.split()})
+HOST_PACKAGES = "libjpeg-dev"  # the C consumer's decode (firmware_sim/csrc/otl_jpeg.c)
+DEBIAN_PACKAGES = sorted({p for t in CROSS.values() for p in t.packages.split()} | set(HOST_PACKAGES.split()))
 
 LINKER_SCRIPT = """\
 /* {description}: the part's real sizes, so a model that does not fit fails to link. */

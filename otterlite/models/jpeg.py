@@ -34,8 +34,9 @@ def write_codec_jpeg(codec: np.ndarray, qtables: list[list[int]], checkpoint_sha
     return buf.getvalue()
 
 
-def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dict]:
-    """-> (decoded PIL image holding the raw YCbCr components, {"seaotter": sha or None, "k": int or None})."""
+def open_codec_jpeg(data: bytes, source: str = "JPEG", load: bool = True) -> tuple[Image.Image, dict]:
+    """-> (decoded PIL image holding the raw YCbCr components, {"seaotter": sha or None, "k": int or None});
+    load False: the header only (size, mode, marker checked), for a decoder of its own."""
     if not data.startswith(b"\xff\xd8"):
         raise OtterliteError(f"{source}: not a JPEG file (no SOI marker); decode takes the .jpg "
                              f"written by 'otterlite transcode'")
@@ -51,7 +52,8 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[Image.Image, dic
         image.draft("YCbCr", image.size)
         if image.mode != "YCbCr":
             raise OtterliteError(f"{source}: JPEG mode {image.mode}; expected 3 components (YCbCr)")
-        image.load()
+        if load:
+            image.load()
     except OtterliteError:
         raise
     except Image.DecompressionBombError:
