@@ -255,3 +255,33 @@ def test_bench_figures_on_a_small_frame():
     assert result["walloc"]["streaming_state_bytes"] > 0
     assert all(fig["mpx_s"] > 0 and fig["sizes"]["96x64"]["exact"] is not False for fig in walloc.values())
     assert any(line.startswith("WaLLoC at 96x64") for line in bench.summary(result))
+
+
+def test_codec_words_decode_into_the_array_or_through_a_copy(photo, monkeypatch):
+    """read_codec_words: libjpeg's raw components decoded straight into the uint32 array
+    (Pillow's map_buffer), and the same words through tobytes where that is unavailable;
+    the numpy consumer on them against the formula."""
+    import io
+
+    from PIL import Image
+
+    from otterlite.integer_spec.freeze import freeze_seaotter_inverse
+    from otterlite.models import jpeg as codec_jpeg
+
+    codes = np.ascontiguousarray(photo[:70, :90, ::-1])
+    data = write_codec_jpeg(codes, [[5] * 64] * 3, "ab" * 32, 1)
+    image = Image.open(io.BytesIO(data))
+    image.draft("YCbCr", image.size)
+    want = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32).reshape(70, 90)
+    words, meta = codec_jpeg.read_codec_words(data)
+    np.testing.assert_array_equal(words, want)
+    assert meta["k"] == 1 and np.all(words >> 24 == 255)
+
+    def absent(*args):
+        raise AttributeError("no map_buffer in this Pillow")
+    monkeypatch.setattr(Image.core, "map_buffer", absent)
+    np.testing.assert_array_equal(codec_jpeg.read_codec_words(data)[0], want)
+    bundle, ckpt = load_seaotter()
+    inverse = freeze_seaotter_inverse(bundle, ckpt.sha256)
+    raw = want.view(np.uint8).reshape(70, 90, 4)[..., :3]
+    np.testing.assert_array_equal(ConsumerDecoder(inverse).decode(data, force=True), apply_inverse(inverse, raw))

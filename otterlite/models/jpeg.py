@@ -52,8 +52,6 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG", load: bool = True) -> tup
         image.draft("YCbCr", image.size)
         if image.mode != "YCbCr":
             raise OtterliteError(f"{source}: JPEG mode {image.mode}; expected 3 components (YCbCr)")
-        if load:
-            image.load()
     except OtterliteError:
         raise
     except Image.DecompressionBombError:
@@ -61,9 +59,39 @@ def open_codec_jpeg(data: bytes, source: str = "JPEG", load: bool = True) -> tup
                              f"the consumer's limit of {MAX_PIXELS / 1e6:.0f} MPx; a corrupted header, or split the "
                              f"image") from None
     except Exception as err:
-        raise OtterliteError(f"{source}: unreadable JPEG ({str(err)[:100]}); the file is "
-                             f"truncated or corrupted") from None
+        raise unreadable(source, err) from None
+    if load:
+        load_pixels(image, source)
     return image, parse_comment(image.info.get("comment", b""))
+
+
+def unreadable(source: str, err: Exception) -> OtterliteError:
+    return OtterliteError(f"{source}: unreadable JPEG ({str(err)[:100]}); the file is truncated or corrupted")
+
+
+def load_pixels(image: Image.Image, source: str) -> None:
+    try:
+        image.load()
+    except Exception as err:
+        raise unreadable(source, err) from None
+
+
+def read_codec_words(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict]:
+    """-> ((H, W) uint32 words z0 | z1 << 8 | z2 << 16 | 255 << 24 (little-endian), marker fields
+    as in open_codec_jpeg): Pillow's own 4-byte YCbCr pixels, which libjpeg decodes straight into
+    the array (Pillow's Image.core.map_buffer, no copy); through tobytes("raw", "YCbCrX")
+    where this Pillow keeps its own buffer."""
+    image, meta = open_codec_jpeg(data, source, load=False)
+    w, h = image.size
+    words = np.empty((h, w), np.uint32)
+    try:
+        image.im = core = Image.core.map_buffer(words, (w, h), "raw", 0, ("YCbCr", 0, 1))
+    except (AttributeError, TypeError, ValueError):
+        core = None
+    load_pixels(image, source)
+    if image.im is not core:  # Pillow allocated its own image after all
+        words[:] = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32).reshape(h, w)
+    return words, meta
 
 
 def read_codec_jpeg(data: bytes, source: str = "JPEG") -> tuple[np.ndarray, dict]:

@@ -6,7 +6,8 @@ inverse transform's integer spec -> RGB. numpy + Pillow only.
 
 A 1x1 mix makes rgb a function of one pixel's three codes, so it can be tabulated once for all
 2^24 code triples (64 MB, built with integer arithmetic from the spec) and each pixel is one
-lookup: libjpeg writes 4-byte YCbCrX pixels, read as uint32, masked to 24 bits, looked up.
+lookup: libjpeg writes Pillow's 4-byte YCbCr pixels straight into a uint32 array
+(models.jpeg.read_codec_words), and each word is looked up in place.
 Wider mixes, and a decoder built with table=False, run the formula (`apply_inverse`).
 Both work a band of rows (BAND_PIXELS) at a time: beyond the decoded JPEG, its raw bytes and
 the output, memory stays a few MB.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from otterlite.errors import OtterliteError
-from otterlite.models.jpeg import check_marker, open_codec_jpeg
+from otterlite.models.jpeg import check_marker, read_codec_words
 from otterlite.integer_spec.types import TableMixSpec, read_spec
 
 
@@ -85,13 +86,11 @@ class ConsumerDecoder:
         self.table = pointwise_table(spec) if spec.kernel == 1 and table else None
 
     def decode(self, data: bytes, source: str = "JPEG", force: bool = False) -> np.ndarray:
-        image, meta = open_codec_jpeg(data, source)
+        words, meta = read_codec_words(data, source)
         check_marker(meta, self.spec.source_sha256, "this export's inverse", source, force)
-        w, h = image.size
         if self.table is None:
-            return apply_inverse(self.spec, np.frombuffer(image.tobytes("raw", "YCbCr"), np.uint8).reshape(h, w, 3))
-        codes = np.frombuffer(image.tobytes("raw", "YCbCrX"), np.uint32)  # little-endian: z0 | z1 << 8 | z2 << 16
-        return self._lookup(codes, h, w)
+            return apply_inverse(self.spec, words.view(np.uint8).reshape(*words.shape, 4)[..., :3])
+        return self._lookup(words.ravel(), *words.shape)
 
     def transform(self, codec: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 codes -> (H, W, 3) uint8 RGB (the table when the mix is 1x1)."""
@@ -100,12 +99,14 @@ class ConsumerDecoder:
         z = codec.astype(np.uint32)
         return self._lookup((z[..., 0] | z[..., 1] << 8 | z[..., 2] << 16).ravel(), *codec.shape[:2])
 
-    def _lookup(self, codes: np.ndarray, h: int, w: int) -> np.ndarray:
-        """(H*W,) packed codes (the low 24 bits) -> (H, W, 3) uint8 RGB, a view of the table's
-        r | g << 8 | b << 16 per pixel, looked up a band at a time."""
-        packed = np.empty(h * w, np.uint32)
+    def _lookup(self, words: np.ndarray, h: int, w: int) -> np.ndarray:
+        """(H*W,) uint32 words z0 | z1 << 8 | z2 << 16 | x << 24, x 0 or 255 -> (H, W, 3) uint8
+        RGB, a view of the table's r | g << 8 | b << 16 per pixel, looked up a band at a time
+        into the words themselves. Read as int32 a word is the code triple itself (x 0) or
+        that minus 2^24 (x 255), which indexes the same entry of the 2^24-entry table from its
+        end: no mask, and int32 indices suit 32-bit numpy too."""
         step = band_rows(w) * w
+        index = words.view(np.int32)
         for at in range(0, h * w, step):
-            # as intp: 32-bit numpy (armhf) refuses uint32 indices ("cannot cast safely"); codes < 2^24 fit
-            packed[at:at + step] = np.take(self.table, (codes[at:at + step] & 0xFFFFFF).astype(np.intp))
-        return packed.view(np.uint8).reshape(h, w, 4)[..., :3]
+            np.take(self.table, index[at:at + step], out=words[at:at + step])  # out is buffered (mode raise)
+        return words.view(np.uint8).reshape(h, w, 4)[..., :3]
