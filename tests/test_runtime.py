@@ -68,6 +68,8 @@ def test_blas_products_exact_at_the_accumulator_extremes(rng):
     assert [(w.dtype, len(parts) > 1) for _, _, w, parts in groups] == [(np.float32, True), (np.float32, False),
                                                                          (np.float64, False)]
     assert 255 * 3 * 32 * 32 * 2047 < 2 ** 31  # the int32 bound freeze guarantees holds here too
+    streaming = StreamingEncoder(spec, 96, 64)
+    assert streaming.band == 1 and streaming.band_buffer.dtype == np.float64  # two-row products pass 2^24
     frames = [np.full((64, 96, 3), 255, np.uint8), np.zeros((64, 96, 3), np.uint8),
               rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), np.full((64, 96, 3), 255, np.uint8)]
     frames[3][::7, ::5] = 254  # odd partial sums past 2^24: float32 would round them
@@ -109,15 +111,39 @@ def test_frame_encoder_on_patches_that_do_not_nest(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("strides,band", [((32, 16, 8), 2), ((6, 3), 1)])
+def test_streaming_band_buffer_at_the_right_and_bottom_edges(rng, strides, band):
+    """The streaming encoder's band buffer (column chunks of gcd(patch sizes) pixels, two rows
+    per product when that gcd is even): a frame whose width ends inside a chunk and whose
+    height ends inside a band, against the reference on the edge-padded frame."""
+    from otterlite.integer_spec.types import ConvStage, ThresholdConvSpec
+
+    stages = []
+    for g, k in enumerate(strides):
+        w = rng.integers(-127, 128, (2, 3, k, k)).astype(np.int64)
+        lo, hi = 255 * np.minimum(w, 0).reshape(2, -1).sum(1), 255 * np.maximum(w, 0).reshape(2, -1).sum(1)
+        t = np.sort(rng.integers(lo[:, None] // 8, hi[:, None] // 8, (2, 254)), axis=1)
+        stages.append(ConvStage(w, t.astype(np.int64), k, 0, (2 * g, 2 * g + 2)))
+    spec = ThresholdConvSpec("frappe-encoder", stages, -127, "int8", "0" * 64)
+    rgb = rng.integers(0, 256, (strides[0] + 1, 3 * strides[0] - 5, 3), dtype=np.uint8)
+    encoder = StreamingEncoder(spec, rgb.shape[1], rgb.shape[0])
+    assert encoder.band == band and encoder.band_buffer.dtype == np.float32
+    for a, b in zip(reference(spec, pad_to_multiple(rgb, max(strides) * 2)[: 2 * strides[0], : 3 * strides[0]]),
+                    encoder.encode(rgb)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_streaming_emits_rows_as_soon_as_complete(specs, photo):
     _, spec, _ = specs
     enc = StreamingEncoder(spec, 64, 64)
     emitted = {r: [(g, i) for g, i, _ in enc.push(photo[r, :64].copy())] for r in range(64)}
     assert emitted[7] == [(2, 0)] and emitted[15] == [(1, 0), (2, 1)] and emitted[31] == [(0, 0), (1, 1), (2, 3)]
     assert emitted[0] == [] and enc.finish() == []
-    # state kept between rows: one int32 accumulator row per group + the float64 row buffer
-    assert enc.state_bytes == (2 * 3 + 4 * 6 + 8 * 3) * 4 + 64 * 3 * 8
-    assert enc.peak_bytes == enc.state_bytes + 8 * 3 * 8  # + the largest group's product
+    # state kept between rows: one int32 accumulator row per group + the band buffer of two
+    # float32 rows (int8 weights: a two-row product's partial sums stay below 2^24)
+    assert enc.band == 2 and enc.band_buffer.dtype == np.float32
+    assert enc.state_bytes == (2 * 3 + 4 * 6 + 8 * 3) * 4 + 2 * 64 * 3 * 4
+    assert enc.peak_bytes == enc.state_bytes + 8 * 3 * 4  # + the largest group's product
 
 
 def test_streaming_bad_rows_keep_state_consistent(specs, photo):

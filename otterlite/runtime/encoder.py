@@ -4,14 +4,14 @@ numpy only; the sums run on BLAS, exact by construction.
 For a scale group with patch k (stride k, no padding) and image row r = k*i + u:
     acc[i, j, c] += sum_{v, ch} row_r[k*j + v, ch] * W[c, ch, u, v]
     after row u = k - 1: latent[c, i, j] = -127 + #{t : acc[i, j, c] >= T[c, t]}, then acc = 0.
-A row of width W is a contiguous (W/k, 3k) matrix in HWC order, so each row is one small
-matmul per group with the (3k, C) weight slice of phase u. The products are floating
-point holding integers, exact because every partial sum is an integer of magnitude at
-most 255 * sum |W| over its terms: below 2^31 (the freeze step proved it), so always exact
-in float64 (the streaming encoder), and exact in float32 over any part of a patch whose
-bound is below 2^24 (the whole frame's products, FrameEncoder: the parts found when it is
-built). Phase and part sums are added in float64 or int32, exact as well.
-Between rows the streaming encoder keeps one accumulator row per group and its row buffer.
+The streaming encoder takes two rows at a time (a band) as one small matmul per group with
+the weights of those two kernel rows. The products are floating point holding integers,
+exact because every partial sum is an integer of magnitude at most 255 * sum |W| over its
+terms: below 2^31 (the freeze step proved it), so always exact in float64, and exact in
+float32 over any part of a patch whose bound is below 2^24 (exact_parts, checked when an
+encoder is built: the streaming band's product, or the parts of the whole frame's
+products in FrameEncoder). Band and part sums are added in int32 or float64, exact as well.
+Between rows the streaming encoder keeps one accumulator row per group and its band buffer.
 
 WaLLoC's spec (one 57x57 stride-8 stage whose border wraps around) runs as a whole frame
 (WrapStage) or row by row (WrapStreamingEncoder).
@@ -22,6 +22,7 @@ encode` does, so every image size the model accepts gives the reference's latent
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +91,20 @@ class WrapStage:
 
 
 class PatchGroup:
-    """Constants of one scale group for the streaming encoder: per-phase weights as (k, C, 3k)
-    float64 for rows, and the thresholds (C, L)."""
+    """Constants of one scale group for the streaming encoder: per band of `band` rows of a
+    patch (rows u0 .. u0 + band - 1) its weights (k / band, C, k * band * 3) in the band
+    buffer's order (column chunks of `chunk` pixels: jj, b, v, ch with column jj * chunk + v),
+    weights[u0 / band][c, ((jj * band + b) * chunk + v) * 3 + ch] = W[c, ch, u0 + b, jj * chunk + v],
+    as float32 where every partial sum of a band's product is provably below 2^24 (exact_parts
+    finds one part), else float64; and the thresholds (C, L)."""
 
-    def __init__(self, stage):
+    def __init__(self, stage, band: int, chunk: int):
         self.k = stage.stride
         self.channels = stage.weights.shape[0]
-        # W[c, ch, u, v] -> phase[u][c, v*3 + ch], matching a row's (k*j + v, ch) layout
-        phase = stage.weights.transpose(2, 0, 3, 1).reshape(self.k, self.channels, 3 * self.k)
-        self.phase_rows = np.ascontiguousarray(phase, np.float64)
+        w = stage.weights.astype(np.int64).reshape(self.channels, 3, self.k // band, band, self.k // chunk, chunk)
+        phases = w.transpose(2, 0, 4, 3, 5, 1).reshape(self.k // band, self.channels, 3 * self.k * band)
+        self.exact32 = all(exact_parts(np.maximum(m, 0).T, np.minimum(m, 0).T) == [(0, m.shape[1])] for m in phases)
+        self.weights = np.ascontiguousarray(phases, np.float32 if self.exact32 else np.float64)
         self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
 
     def count(self, acc: np.ndarray) -> np.ndarray:
@@ -108,9 +114,9 @@ class PatchGroup:
 
 class RowEncoder:
     """push / finish / encode / trace shared by the streaming encoders. A subclass sets width,
-    height, padded_height, row, traced and a row_buffer of padded_width * 3 float64 values,
-    and defines reset(), _accumulate() (adds row_buffer as row `row`, returns the completed
-    latent rows) and latent_shapes() (per group (C, h, w))."""
+    height, padded_height, row, traced and a row_buffer of padded_width * 3 float64 values
+    (or overrides put and put_last_again), and defines reset(), _accumulate() (adds row `row`,
+    returns the completed latent rows) and latent_shapes() (per group (C, h, w))."""
 
     trace_dtype = np.int64
 
@@ -123,10 +129,17 @@ class RowEncoder:
             self.reset()
             raise OtterliteError(f"row {self.height}: the frame has only {self.height} rows; frame discarded, "
                                  f"the encoder is reset for a new frame")
+        self.put(row)
+        return self._accumulate()
+
+    def put(self, row: np.ndarray) -> None:
+        """Row `row` into the buffer, padded on the right by repeating its last pixel."""
         pixels = self.row_buffer.reshape(-1, 3)
         pixels[: self.width] = row
         pixels[self.width:] = row[-1]
-        return self._accumulate()
+
+    def put_last_again(self) -> None:
+        """The last image row as row `row` (the bottom padding): the row buffer still holds it."""
 
     def finish(self) -> list[tuple[int, int, np.ndarray]]:
         """Pad the bottom by repeating the last row and emit the remaining latent rows; the
@@ -138,7 +151,8 @@ class RowEncoder:
                                  f"discarded, the encoder is reset for a new frame")
         out = []
         while self.row < self.padded_height:
-            out += self._accumulate()  # the row buffer still holds the last row
+            self.put_last_again()
+            out += self._accumulate()
         self.reset()
         return out
 
@@ -231,7 +245,13 @@ def streaming_encoder(spec: ThresholdConvSpec, width: int, height: int):
 
 class StreamingEncoder(RowEncoder):
     """Push one (W, 3) uint8 row at a time; each push returns the latent rows it completed as
-    (group index, latent row index, (C, W/k) int8). `finish()` completes the frame."""
+    (group index, latent row index, (C, W/k) int8). `finish()` completes the frame.
+    Rows are kept in a band buffer of `band` rows (2 when every patch size is even and the
+    products of two rows stay exact in float32, else 1), laid out in column chunks of
+    `chunk` = gcd(patch sizes) pixels, (W / chunk, band, chunk, 3), so that for a group with
+    patch k the band is one contiguous (W/k, k * band * 3) matrix: one product per group and
+    band, acc (C, W/k) += weights[u0 / band] @ band^T; and a row is written in runs of chunk
+    pixels."""
 
     def __init__(self, spec: ThresholdConvSpec, width: int, height: int):
         check_encoder_spec(spec)
@@ -243,24 +263,43 @@ class StreamingEncoder(RowEncoder):
             raise OtterliteError(f"frame {width}x{height} is smaller than one {self.big}x{self.big} patch")
         self.width, self.height = width, height
         self.padded_height, self.padded_width = spec.padded_size(height, width)
-        self.groups = [PatchGroup(s) for s in spec.stages]
+        self.chunk = math.gcd(*(s.stride for s in spec.stages))
+        self.groups = [PatchGroup(s, 2, self.chunk) for s in spec.stages] if self.chunk % 2 == 0 else []
+        if not self.groups or not all(g.exact32 for g in self.groups):
+            self.groups = [PatchGroup(s, 1, self.chunk) for s in spec.stages]
+        self.band = self.groups[0].k // self.groups[0].weights.shape[0]
+        dtype = np.result_type(*(g.weights for g in self.groups))
         self.acc = [np.zeros((g.channels, self.padded_width // g.k), np.int32) for g in self.groups]
-        self.row_buffer = np.zeros(self.padded_width * 3, np.float64)  # the padded row; after the last, kept
-        self.product = np.empty(max(a.size for a in self.acc), np.float64)
+        self.band_buffer = np.zeros((self.padded_width // self.chunk, self.band, self.chunk, 3), dtype)  # kept
+        self.product = np.empty(max(a.size for a in self.acc), dtype)
         self.row = 0
         self.traced = None  # accumulators kept by trace()
 
     @property
     def state_bytes(self) -> int:
-        """Working memory kept between rows: the accumulator rows plus the row buffer (which
+        """Working memory kept between rows: the accumulator rows plus the band buffer (which
         holds the last row for the bottom edge padding), excluding the constant weights and
         thresholds."""
-        return sum(a.nbytes for a in self.acc) + self.row_buffer.nbytes
+        return sum(a.nbytes for a in self.acc) + self.band_buffer.nbytes
 
     @property
     def peak_bytes(self) -> int:
-        """state_bytes plus the one temporary of a row: a group's matmul product."""
+        """state_bytes plus the one temporary of a band: a group's matmul product."""
         return self.state_bytes + self.product.nbytes
+
+    def put(self, row: np.ndarray) -> None:
+        slot, full = self.band_buffer[:, self.row % self.band], self.width // self.chunk
+        slot[:full] = row[: full * self.chunk].reshape(full, self.chunk, 3)
+        if full < slot.shape[0]:  # the right edge: the last pixel repeated
+            rest = self.width - full * self.chunk
+            slot[full, :rest] = row[full * self.chunk:]
+            slot[full, rest:] = row[-1]
+            slot[full + 1:] = row[-1]
+
+    def put_last_again(self) -> None:
+        b, last = self.row % self.band, (self.height - 1) % self.band
+        if b != last:
+            self.band_buffer[:, b] = self.band_buffer[:, last]
 
     def reset(self) -> None:
         for a in self.acc:
@@ -268,19 +307,20 @@ class StreamingEncoder(RowEncoder):
         self.row = 0
 
     def _accumulate(self) -> list[tuple[int, int, np.ndarray]]:
-        """acc (C, W/k) += phase_rows[u] (C, 3k) @ row (W/k, 3k)^T, per group."""
-        done = []
-        for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
-            u = self.row % g.k
-            product = self.product[: acc.size].reshape(acc.shape)
-            np.matmul(g.phase_rows[u], self.row_buffer.reshape(-1, 3 * g.k).T, out=product)
-            np.add(acc, product, out=acc, casting="unsafe")  # integers below 2^31: exact in both
-            if u == g.k - 1:
-                if self.traced is not None:
-                    self.traced[gi][:, self.row // g.k] = acc
-                done.append((gi, self.row // g.k, g.count(acc.T)))
-                acc[:] = 0
+        """Once the band is full: acc (C, W/k) += weights[u0 / band] @ band^T, per group."""
+        done, r = [], self.row
         self.row += 1
+        if self.row % self.band:
+            return done
+        for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
+            product = self.product[: acc.size].reshape(acc.shape)
+            np.matmul(g.weights[(r % g.k) // self.band], self.band_buffer.reshape(acc.shape[1], -1).T, out=product)
+            np.add(acc, product, out=acc, casting="unsafe")  # integers below 2^31: exact in both
+            if r % g.k == g.k - 1:
+                if self.traced is not None:
+                    self.traced[gi][:, r // g.k] = acc
+                done.append((gi, r // g.k, g.count(acc.T)))
+                acc[:] = 0
         return done
 
     trace_dtype = np.int32
