@@ -11,7 +11,7 @@ import published
 from otterlite.backends import BACKENDS
 from otterlite.cli import main
 from otterlite.export import FORMATS, MODELS, export
-from otterlite.export.onnx_writer import GraphBuilder, count_thresholds, finish
+from otterlite.export.onnx_writer import GraphBuilder, count_thresholds, finish, row_parts
 from otterlite.models.checkpoint import load_frappe, load_seaotter
 from otterlite.integer_spec import load_spec, save_spec
 from otterlite.integer_spec.freeze import freeze_frappe_encoder, freeze_seaotter_inverse
@@ -116,12 +116,14 @@ def test_thresholds_exhaustive_at_boundaries():
         assert np.all((want[:, L:2 * L] - want[:, :L])[finite] >= 1)
 
 
-@pytest.mark.parametrize("form", ["float-parts", "conv-integer", "two-level"])
+@pytest.mark.parametrize("form", ["float-parts", "overlapping-parts", "conv-integer", "two-level"])
 def test_onnx_forms(form):
     """Each accumulator and count form of the ONNX writer on ORT against the reference: the
-    default (float32 Conv per part of kernel rows, bucket count); 12-bit weights on 32x32
-    patches (one kernel row's bound above 2^24: ConvInteger on weight digits); thresholds
-    packed closer than any bucket table resolves (the two-level count)."""
+    default (32x32 patches in two parts of kernel rows: one float32 Conv with a block of
+    output channels per part; bucket count); a 32x32 kernel at stride 16 with a zero border
+    (one Conv per part on the rows it reads); 12-bit weights on 32x32 patches (one kernel
+    row's bound above 2^24: ConvInteger on weight digits); thresholds packed closer than any
+    bucket table resolves (the two-level count)."""
     import dataclasses
 
     import onnxruntime as ort
@@ -138,10 +140,16 @@ def test_onnx_forms(form):
         stage.thresholds = np.sort(rng.integers(lo[:, None] // 64, hi[:, None] // 64, (3, 255)), axis=1)
     if form == "two-level":
         stage = dataclasses.replace(stage, thresholds=np.sort(rng.integers(-400, 400, (3, 255)), axis=1))
+    if form == "overlapping-parts":
+        stage = dataclasses.replace(stage, stride=16, pad=8)
+    assert len(row_parts(stage.weights) or []) > 1 or form in ("conv-integer", "two-level")
     spec = dataclasses.replace(spec, stages=[stage, *spec.stages[1:]])
     data = build(spec, "onnx", 64, 96)
-    ops = {n.op_type for n in onnx.load_from_string(data).graph.node}
-    assert {"float-parts": "Gather", "conv-integer": "ConvInteger", "two-level": "GatherElements"}[form] in ops
+    nodes = [n.op_type for n in onnx.load_from_string(data).graph.node]
+    assert nodes.count("Conv") == {"overlapping-parts": 4, "conv-integer": 2}.get(form, 3)
+    ops = set(nodes)
+    assert {"float-parts": "Gather", "overlapping-parts": "Pad", "conv-integer": "ConvInteger",
+            "two-level": "GatherElements"}[form] in ops
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     for name, x in adversarial(spec, 64, 96):
         for want, got in zip(run_spec(spec, torch.from_numpy(x)), session.run(None, {"image": x})):

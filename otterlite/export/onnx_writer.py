@@ -1,9 +1,11 @@
 """Integer spec -> ONNX graph, built node by node with onnx.helper (no torch.onnx).
 
 Only exact forms are used (see shared EXACTNESS facts):
-- accumulators: float32 Conv of the uint8 image cast to float, per part of kernel rows
-  whose bound 255 * max(sum of positive, -sum of negative weights) is below 2^24 (row_parts:
-  every partial sum an integer below 2^24, exact in any summation order), each part Cast to int32 and added (below 2^31 by freeze). Only
+- accumulators: float32 Conv of the uint8 image cast to float, per part of kernel rows whose
+  bound 255 * max(sum of positive, -sum of negative weights) is below 2^24 (row_parts: every
+  partial sum an integer below 2^24, exact in any summation order), Cast to int32 and added
+  (below 2^31 by freeze): for a patch conv one Conv with a block of output channels per part
+  (zero weights outside its rows), for an overlapping kernel one Conv per part. Only
   if one kernel row alone exceeds 2^24: ConvInteger on uint8 x uint8 weights (int8 + 128,
   w_zero_point 128), 9..12-bit weights split W = 16 * W_hi + W_lo and combined in int32.
   A wrap-around border (WaLLoC) is Slice + Concat of the image before a pad-0 conv.
@@ -53,28 +55,35 @@ def row_parts(weights: np.ndarray, limit: int = FLOAT_EXACT_LIMIT) -> list[tuple
     return exact_parts(np.maximum(w, 0).sum(axis=(1, 3)).T, np.minimum(w, 0).sum(axis=(1, 3)).T, limit)
 
 
-def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str,
-               height: int) -> str:
-    """Exact int32 accumulator of the integer conv of uint8 input x (height rows).
-    float32 Conv per part of kernel rows (row_parts: every partial sum an integer below
-    2^24, so exact in any order), each Cast to int32 and added; else ConvInteger."""
-    k = weights.shape[-1]
+def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: int, tag: str, height: int) -> str:
+    """Exact int32 accumulator of the integer conv of uint8 input x (height rows), float32 per
+    part of kernel rows (row_parts: every partial sum an integer below 2^24, so exact in any
+    order), Cast to int32 and added: a patch conv (stride = kernel, memory bound) as one Conv
+    with a block of output channels per part (zero weights outside its rows), an overlapping
+    kernel (compute bound) as one Conv per part on the rows it reads. Else ConvInteger."""
+    k, c = weights.shape[-1], weights.shape[0]
     parts = row_parts(weights)
     if parts is not None:
         xf = g.op("Cast", [x], to=TensorProto.FLOAT)
-        if pad and len(parts) > 1:  # zero border made explicit, so that each part slices rows
-            xf = g.op("Pad", [xf, g.const(f"{tag}_pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))])
-            height, pad = height + 2 * pad, 0
-        accs = []
-        for i, (a, b) in enumerate(parts):
-            rows = xf
-            if len(parts) > 1:
-                rows = g.op("Slice", [xf, g.const(f"{tag}_part{i}_start", np.array([a], np.int64)),
-                                      g.const(f"{tag}_part{i}_stop", np.array([height - (k - b)], np.int64)),
-                                      g.const(f"{tag}_part{i}_axis", np.array([2], np.int64))])
-            w = g.const(f"{tag}_weights{i}_f32", weights[:, :, a:b, :].astype(np.float32))
-            part = g.op("Conv", [rows, w], kernel_shape=[b - a, k], strides=[stride, stride], pads=[pad] * 4)
-            accs.append(g.op("Cast", [part], f"{tag}_accumulator" if len(parts) == 1 else None, to=TensorProto.INT32))
+        if len(parts) == 1 or stride == k:
+            blocks = np.zeros((len(parts) * c, *weights.shape[1:]), np.float32)
+            for i, (a, b) in enumerate(parts):
+                blocks[i * c:(i + 1) * c, :, a:b] = weights[:, :, a:b]
+            sums = g.op("Conv", [xf, g.const(f"{tag}_weights_f32", blocks)], kernel_shape=[k, k],
+                        strides=[stride, stride], pads=[pad] * 4)
+            sums = g.op("Cast", [sums], f"{tag}_accumulator" if len(parts) == 1 else None, to=TensorProto.INT32)
+            accs = [sums] if len(parts) == 1 else [along(g, sums, 1, i * c, (i + 1) * c, f"{tag}_block{i}")
+                                                   for i in range(len(parts))]
+        else:
+            if pad:  # zero border made explicit, so that each part slices rows
+                xf = g.op("Pad", [xf, g.const(f"{tag}_pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))])
+                height, pad = height + 2 * pad, 0
+            accs = []
+            for i, (a, b) in enumerate(parts):
+                part = g.op("Conv", [along(g, xf, 2, a, height - (k - b), f"{tag}_part{i}"),
+                                     g.const(f"{tag}_weights{i}_f32", weights[:, :, a:b, :].astype(np.float32))],
+                            kernel_shape=[b - a, k], strides=[stride, stride], pads=[pad] * 4)
+                accs.append(g.op("Cast", [part], to=TensorProto.INT32))
         acc = accs[0]
         for i, part in enumerate(accs[1:], 1):
             acc = g.op("Add", [acc, part], f"{tag}_accumulator" if i == len(accs) - 1 else None)
@@ -93,6 +102,13 @@ def accumulate(g: GraphBuilder, x: str, weights: np.ndarray, stride: int, pad: i
     a_lo = g.op("ConvInteger", [x, w_lo], f"{tag}_accumulator_lo", **conv)
     scaled = g.op("Mul", [a_hi, g.const(f"{tag}_sixteen", np.array(16, np.int32))])
     return g.op("Add", [scaled, a_lo], f"{tag}_accumulator")
+
+
+def along(g: GraphBuilder, x: str, axis: int, start: int, stop: int, tag: str) -> str:
+    """x[start:stop] along axis (Slice)."""
+    return g.op("Slice", [x, g.const(f"{tag}_start", np.array([start], np.int64)),
+                          g.const(f"{tag}_stop", np.array([stop], np.int64)),
+                          g.const(f"{tag}_axis", np.array([axis], np.int64))])
 
 
 def count_thresholds(g: GraphBuilder, acc: str, stage, shape: tuple[int, int, int], tag: str) -> str:
