@@ -2,11 +2,13 @@
 
 Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms are used
 (see shared EXACTNESS facts), and every op used exists in LiteRT, tflite-runtime and TFLM:
-- accumulators: uint8 -> DEQUANTIZE (scale 1) -> float32 CONV_2D per base-16 digit plane of
-  the weights, W = sum_i 16^i D_i, with each plane's partial sums below 2^24 (so exact in
-  any summation order, XNNPACK included) -> CAST int32 (exact integers) -> MUL 16^i, ADD.
-  Patches of 16 and more: SPACE_TO_DEPTH once, then a 1x1 CONV_2D per plane (data movement
-  plus the same sums; faster on XNNPACK).
+- accumulators: uint8 -> DEQUANTIZE (scale 1) -> one float32 CONV_2D whose blocks of output
+  channels are the base-16 digit planes of the weights, W = sum_i 16^i D_i, with each plane's
+  partial sums below 2^24 (so exact in any summation order, XNNPACK included) -> CAST int32
+  (exact integers) -> per block SLICE, MUL 16^i, ADD.
+  Patch convs (stride = kernel k): one SPACE_TO_DEPTH of the image by the gcd of their
+  patches (space_to_depth_block), then per group a CONV_2D with kernel and stride k / gcd
+  on it (data movement plus the same sums; faster on XNNPACK).
   A wrap-around border (WaLLoC) is SLICE + CONCATENATION of the float32 image first.
 - thresholds: a bucket table where its buckets hold at most BUCKET_COMPARES thresholds
   (integer_spec.ThresholdBuckets: a' = MAXIMUM/MINIMUM-clipped a, b = (a' - lo_c) / 2^s_c by
@@ -29,6 +31,7 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
 from __future__ import annotations
 
 import importlib
+import math
 
 import flatbuffers
 import numpy as np
@@ -240,37 +243,58 @@ def wrap_pad(g: TfliteGraph, x: int, pad: int, tag: str) -> int:
     return x
 
 
-SPACE_TO_DEPTH_PATCH = 16  # patch convs this size and larger run as SPACE_TO_DEPTH + 1x1 CONV_2D
+def is_patch_conv(stage) -> bool:
+    return stage.stride == stage.weights.shape[-1] and not stage.pad and stage.border != "wrap"
 
 
-def patch_conv(g: TfliteGraph, blocks: int, weights: np.ndarray, tag: str) -> int:
-    """The k x k stride-k conv as a 1x1 CONV_2D of SPACE_TO_DEPTH(k) blocks (NHWC, channels in
-    (dy, dx, ch) order): the same sums, one GEMM over 3k^2 inputs (faster on XNNPACK for k >= 16)."""
+def space_to_depth_block(stages) -> int:
+    """The block of the one SPACE_TO_DEPTH the patch convs share (their gcd), or 0: worth it
+    from 16 on, or from 8 on when two or more patch convs share it (faster on XNNPACK than a
+    direct k x k stride-k CONV_2D; the image is copied once for all of them)."""
+    patches = [s.stride for s in stages if is_patch_conv(s)]
+    block = math.gcd(*patches) if patches else 0
+    return block if block >= 16 or (block >= 8 and len(patches) > 1) else 0
+
+
+def patch_conv(g: TfliteGraph, blocks: int, block: int, weights: np.ndarray, tag: str) -> int:
+    """The k x k stride-k conv as a CONV_2D of SPACE_TO_DEPTH(block) blocks (NHWC, channels in
+    (dy, dx, ch) order) with kernel and stride m = k / block: the same sums (1x1 when m = 1),
+    filter[o, U, V, (dy * block + dx) * 3 + ch] = W[o, ch, block * U + dy, block * V + dx]."""
     n, h, w, depth = g.shape(blocks)
-    filt = g.const(f"{tag}_filter", weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], 1, 1, depth)
-                   .astype(np.float32))  # (C, dy, dx, ch) = OHWI of the blocks
-    return g.op(Op.CONV_2D, [blocks, filt, g.const(f"{tag}_bias", np.zeros(weights.shape[0], np.float32))], np.float32,
-                [n, h, w, weights.shape[0]], f"{tag}_conv", Padding=tflite.Padding.VALID, StrideW=1, StrideH=1,
+    o, m = weights.shape[0], weights.shape[-1] // block
+    filt = weights.reshape(o, 3, m, block, m, block).transpose(0, 2, 4, 3, 5, 1).reshape(o, m, m, depth)
+    return g.op(Op.CONV_2D, [blocks, g.const(f"{tag}_filter", filt.astype(np.float32)),
+                             g.const(f"{tag}_bias", np.zeros(o, np.float32))], np.float32,
+                [n, h // m, w // m, o], f"{tag}_conv", Padding=tflite.Padding.VALID, StrideW=m, StrideH=m,
                 DilationWFactor=1, DilationHFactor=1)
 
 
-def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str) -> int:
-    """Exact int32 accumulator sum W * x of float32 x holding uint8 values."""
-    acc, blocks, k = None, None, weights.shape[-1]
-    if stride == k and not pad and k >= SPACE_TO_DEPTH_PATCH:
-        n, h, w, c = g.shape(x)
-        blocks = g.op(Op.SPACE_TO_DEPTH, [x], np.float32, [n, h // k, w // k, c * k * k], f"{tag}_blocks", BlockSize=k)
-    for i, plane in enumerate(digit_planes(weights)):
-        if blocks is not None:
-            part = patch_conv(g, blocks, plane, f"{tag}_plane{i}")
-        else:
-            part = conv_float(g, x, plane, np.zeros(plane.shape[0]), stride, pad, f"{tag}_plane{i}")
-        shape = g.shape(part)
-        part = g.op(Op.CAST, [part], np.int32, shape, f"{tag}_plane{i}_int")
+def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str,
+               blocks: tuple[int, int] | None = None) -> int:
+    """Exact int32 accumulator sum W * x of float32 x holding uint8 values: the digit planes
+    as blocks of output channels of one float32 CONV_2D (plane i in channels i*C .. i*C + C - 1),
+    on blocks = (SPACE_TO_DEPTH tensor, its block) for a patch conv, CAST to int32, block i
+    SLICEd, times 16^i, added."""
+    c = weights.shape[0]
+    planes = digit_planes(weights)
+    if blocks is not None:
+        sums = patch_conv(g, *blocks, np.concatenate(planes), tag)
+    else:
+        sums = conv_float(g, x, np.concatenate(planes), np.zeros(len(planes) * c), stride, pad, tag)
+    shape = g.shape(sums)
+    sums = g.op(Op.CAST, [sums], np.int32, shape, f"{tag}_planes_int")
+    if len(planes) == 1:
+        return sums
+    n, h, w, _ = shape
+    acc = None
+    for i in range(len(planes)):
+        part = g.op(Op.SLICE, [sums, g.const(f"{tag}_plane{i}_begin", np.array([0, 0, 0, i * c], np.int32)),
+                               g.const(f"{tag}_plane{i}_size", np.array([n, h, w, c], np.int32))],
+                    np.int32, [n, h, w, c], f"{tag}_plane{i}_int")
         if i:
             part = g.op(Op.MUL, [part, g.const(f"{tag}_scale{i}", np.array([16 ** i], np.int32))], np.int32,
-                        shape, f"{tag}_plane{i}_scaled")
-            part = g.op(Op.ADD, [acc, part], np.int32, shape, f"{tag}_sum{i}")
+                        [n, h, w, c], f"{tag}_plane{i}_scaled")
+            part = g.op(Op.ADD, [acc, part], np.int32, [n, h, w, c], f"{tag}_sum{i}")
         acc = part
     return acc
 
@@ -376,12 +400,17 @@ def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, outpu
     x = g.op(Op.DEQUANTIZE, [image], np.float32, [1, height, width, 3], "image_f32")
     out_dtype = np.int8 if spec.out_dtype == "int8" else np.uint8
     outputs = []
+    block = space_to_depth_block(spec.stages)
+    if block:
+        blocks = (g.op(Op.SPACE_TO_DEPTH, [x], np.float32, [1, height // block, width // block, 3 * block * block],
+                       "image_blocks", BlockSize=block), block)
     for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
         tag = f"s{i}"
         if stage.border == "wrap":
             acc = accumulate(g, wrap_pad(g, x, stage.pad, tag), stage.weights, stage.stride, 0, tag)
         else:
-            acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag)
+            acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag,
+                             blocks if block and is_patch_conv(stage) else None)
         count = count_thresholds(g, acc, stage, tag)
         outputs.append(narrow(g, count, spec.base, out_dtype, name))
     return g.serialize([image], outputs, spec.kind)
@@ -395,7 +424,7 @@ def probe_tensors(spec) -> dict[str, str | tuple[str, str]]:
     out = {}
     for i, stage in enumerate(spec.stages):
         planes = len(digit_planes(stage.weights))
-        out[f"stage{i}.accumulator"] = f"s{i}_sum{planes - 1}" if planes > 1 else f"s{i}_plane0_int"
+        out[f"stage{i}.accumulator"] = f"s{i}_sum{planes - 1}" if planes > 1 else f"s{i}_planes_int"
     return out
 
 
