@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  otterlite setup tflite-runtime   (numpy<2 venv for tflite-runtime 2.14; location: "
                               "$OTTERLITE_TFLITE_RUNTIME_VENV or ~/.cache/otterlite/tflite-runtime-venv)\n"
                               "  otterlite setup toolchains       (apt-get: ARM cross compilers and QEMU for the "
-                              "qemu-* backends)\n"
+                              "qemu-* backends, libjpeg's headers for 'decode --runtime c')\n"
                               "  otterlite setup arm-runtimes     (arm64 Python + numpy, Pillow, onnxruntime, LiteRT, and "
                               "armhf Python + numpy, under qemu-user for the *-a53/-a72/-a76/-max/-a7 backends "
                               "(after setup toolchains); location: $OTTERLITE_ARM_RUNTIMES or "
