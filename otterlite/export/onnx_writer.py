@@ -11,7 +11,7 @@ Only exact forms are used (see shared EXACTNESS facts):
   A wrap-around border (WaLLoC) is Slice + Concat of the image before a pad-0 conv.
 - thresholds: a bucket table when each bucket holds at most BUCKET_COMPARES thresholds
   (integer_spec.ThresholdBuckets: a' = clip(a, lo_c, hi_c), b = (a' - lo_c) / 2^s_c, count =
-  base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range; Gather + int32
+  base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range; GatherElements + int32
   compares, exact for every int32 a); else the two-level count: T padded to 256
   columns with INT32_MAX; k = #{m : a >= T[16m + 15]} (0..15), then out = base + 16k +
   #{i < 16 : a >= T[16k + i]}, the 16 fine thresholds fetched with GatherElements.
@@ -114,29 +114,32 @@ def along(g: GraphBuilder, x: str, axis: int, start: int, stop: int, tag: str) -
 def count_thresholds(g: GraphBuilder, acc: str, stage, shape: tuple[int, int, int], tag: str) -> str:
     """(1, C, h, w) int32 accumulators -> (1, C, h, w) int32 counts #{j : a >= T[c, j]}: by
     the bucket table (integer_spec.ThresholdBuckets) when its buckets hold at most
-    BUCKET_COMPARES thresholds, else by the two-level count; both exact for every int32 a < INT32_MAX."""
+    BUCKET_COMPARES thresholds, else by the two-level count; both exact for every int32 a < INT32_MAX.
+    The bucket count runs on (1, C, h*w): each (1, C, buckets) table is read by GatherElements
+    along its last axis, channel c's accumulators in row c."""
     buckets = stage_buckets(stage)
     if buckets is None:
         return count_two_level(g, acc, stage.thresholds, shape, tag)
     c, nb = buckets.base.shape
-    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32).reshape(1, c, 1, 1))  # noqa: E731
-    inside = g.op("Min", [g.op("Max", [acc, column("range_lo", buckets.lo)]), column("range_hi", buckets.hi)])
+    h, w = shape[1:]
+    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32).reshape(1, c, 1))  # noqa: E731
+    table = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32).reshape(1, c, nb))  # noqa: E731
+    flat = g.op("Reshape", [acc, g.const(f"{tag}_shape_1cn", np.array([1, c, h * w], np.int64))])
+    inside = g.op("Min", [g.op("Max", [flat, column("range_lo", buckets.lo)]), column("range_hi", buckets.hi)])
     bucket = g.op("Div", [g.op("Sub", [inside, column("bucket_lo", buckets.lo)]),  # >= 0: Div is floor
                           column("bucket_width", np.int64(1) << buckets.shift)])
-    index = g.op("Add", [bucket, column("bucket_offset", nb * np.arange(c))])
-    count = g.op("Gather", [g.const(f"{tag}_bucket_base", buckets.base.reshape(-1).astype(np.int32)), index], axis=0)
+    count = g.op("GatherElements", [table("bucket_base", buckets.base), bucket], axis=2)
     terms = []
     for i in range(buckets.candidates.shape[0]):
-        candidate = g.op("Gather", [g.const(f"{tag}_bucket_candidates{i}",
-                                            buckets.candidates[i].reshape(-1).astype(np.int32)), index], axis=0)
+        candidate = g.op("GatherElements", [table(f"bucket_candidates{i}", buckets.candidates[i]), bucket], axis=2)
         terms.append(g.op("Cast", [g.op("GreaterOrEqual", [inside, candidate])], to=TensorProto.INT32))
     for k in range(buckets.values.shape[0]):  # the piles of thresholds outside the range
-        passed = g.op("Cast", [g.op("GreaterOrEqual", [acc, column(f"outside{k}", buckets.values[k])])],
+        passed = g.op("Cast", [g.op("GreaterOrEqual", [flat, column(f"outside{k}", buckets.values[k])])],
                       to=TensorProto.INT32)
         terms.append(g.op("Mul", [passed, column(f"outside{k}_count", buckets.counts[k])]))
-    for i, term in enumerate(terms):
-        count = g.op("Add", [count, term], f"{tag}_count" if i == len(terms) - 1 else None)
-    return count
+    for term in terms:
+        count = g.op("Add", [count, term])
+    return g.op("Reshape", [count, g.const(f"{tag}_shape_out", np.array([1, c, h, w], np.int64))], f"{tag}_count")
 
 
 def count_two_level(g: GraphBuilder, acc: str, thresholds: np.ndarray, shape: tuple[int, int, int], tag: str) -> str:
