@@ -149,7 +149,7 @@ def test_threshold_and_weight_localised_in_interpreters(folders, tmp_path, kind)
     path = only(folders / "enc", tmp_path / "t", file)
     m, b = bucket_entry(spec, j)  # T[0, j] is candidate m of channel 0's bucket b in both graphs
     if kind == "onnx":
-        edit_onnx(path, f"s0_bucket_candidates{m}", lambda a: a.__setitem__(b, a[b] + raised))
+        edit_onnx(path, f"s0_bucket_candidates{m}", lambda a: a.__setitem__((0, 0, b), a[0, 0, b] + raised))
     else:  # stage 0's thresholds reach 2^24, so its candidates are T = hi * 65536 + lo
         edit_tflite(path, f"s0_candidate{m}_lo_table", lambda a: a.__setitem__(b, a[b] + raised))
     report = verify(path.parent, backends=backends, **QUIET)
@@ -163,11 +163,11 @@ def test_threshold_and_weight_localised_in_interpreters(folders, tmp_path, kind)
             assert d["probed"] is True
     path = only(folders / "enc", tmp_path / "w", file)
     if kind == "onnx":
-        weights = next(n for n in ("s0_weights0_f32", "s0_weights_u8", "s0_weights_lo_u8")
+        weights = next(n for n in ("s0_weights_f32", "s0_weights_u8", "s0_weights_lo_u8")
                        if n in {i.name for i in onnx.load(str(path)).graph.initializer})
         edit_onnx(path, weights, lambda a: a.__setitem__((0, 0, 0, 0), a[0, 0, 0, 0] + 1))
     else:
-        edit_tflite(path, "s0_plane0_filter", lambda a: a.__setitem__(0, a[0] + 1))
+        edit_tflite(path, "s0_filter", lambda a: a.__setitem__(0, a[0] + 1))  # plane 0, W[0, 0, 0, 0]
     for r in verify(path.parent, backends=backends[:2], **QUIET).results:
         check_weight(r.divergence)
 
@@ -248,7 +248,8 @@ def corrupted_run(folders, tmp_path_factory):
     j, raised = spread_threshold(spec)
     shutil.copytree(folders / "enc", root / "m")
     m, b = bucket_entry(spec, j)
-    edit_onnx(root / "m" / "frappe-encoder.onnx", f"s0_bucket_candidates{m}", lambda a: a.__setitem__(b, a[b] + raised))
+    edit_onnx(root / "m" / "frappe-encoder.onnx", f"s0_bucket_candidates{m}",
+              lambda a: a.__setitem__((0, 0, b), a[0, 0, b] + raised))
     code = main(["verify", str(root / "m"), "--backends", "torch-int", "ort-O0-t1", "litert", "--html",
                  str(root / "r.html"), "--junit", str(root / "j.xml"), "--json", str(root / "v.json")])
     return root, code
