@@ -82,7 +82,8 @@ KERNELS = [(), ("OTL_NO_AMX",), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_
 
 def test_amx_weight_tiles_hold_the_weights():
     """The AMX layout: int8 digit planes that add up to the weights (9 bits: 3 planes, 12 bits:
-    17), laid out so that value t = 64 chunk + 4 row + i of kernel row u is weight W[c][t]."""
+    17), in tiles of min(64, E) bytes (E = 3K rounded up to 4), chunk q from value
+    min(64 q, E - width), each value of kernel row u in exactly one tile."""
     from otterlite.firmware_sim.codegen import amx_layout, digit_planes
     rng = np.random.default_rng(3)
     for lo, hi, planes in [(-128, 127, 1), (-255, 255, 3), (-256, 254, 2), (-2047, 2047, 17)]:
@@ -92,11 +93,18 @@ def test_amx_weight_tiles_hold_the_weights():
             split = digit_planes(w)
             assert len(split) == planes and (split.sum(axis=0) == w).all()
             assert split.min() >= -128 and split.max() <= 127
-            layout, last = amx_layout(w)
-            assert last % 4 == 0 and 3 * k <= 64 * (layout.shape[2] - 1) + last < 3 * k + 4
-            values = layout.transpose(0, 1, 4, 2, 3, 5).reshape(k, planes, 5, -1)  # [u][plane][c][t]
+            layout, width = amx_layout(w)
+            end = -(-3 * k // 4) * 4
+            assert width == min(64, end) and layout.shape[2] == -(-end // 64) and layout.shape[3] == width // 4
+            values = np.zeros((k, planes, 5, end), np.int64)  # [u][plane][c][t]
+            for q in range(layout.shape[2]):
+                start = min(64 * q, end - width)
+                values[..., start:start + width] += layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, 5, width)
             assert (values.sum(axis=1)[..., :3 * k] == w.transpose(2, 0, 3, 1).reshape(k, 5, 3 * k)).all()
             assert not values[..., 3 * k:].any()
+            for q in range(1, layout.shape[2]):  # no value twice: the overlap of the last tile is zero
+                start = min(64 * q, end - width)
+                assert not layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, 5, width)[..., :64 * q - start].any()
 
 
 @pytest.mark.parametrize("defines", KERNELS)
@@ -105,15 +113,25 @@ def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
     sanitized = build_host(built[1].parent, sanitize=True, defines=defines)
     for name, x in adversarial(spec, 96, 160):
         rgb = np.ascontiguousarray(x[0].transpose(1, 2, 0))
-        for a, z in zip(reference_latents(spec, rgb), encode_c(sanitized, spec, rgb)):
+        want = reference_latents(spec, rgb)
+        for a, z in zip(want, encode_c(sanitized, spec, rgb)):  # the frame in memory: otl_push_rows
             assert np.array_equal(a, z), name
+        if name.startswith("noise"):  # rows streamed: otl_push_row
+            container = host.run_harness([str(sanitized)], rgb, container=True)
+            assert container == write_container(frame_of(spec, rgb, want)), name
+    wide = np.random.default_rng(5).integers(0, 256, (64, 1568, 3), dtype=np.uint8)  # 3 AMX tiles of the 32x32 group
+    for a, z in zip(reference_latents(spec, wide), encode_c(sanitized, spec, wide)):
+        np.testing.assert_array_equal(a, z)
 
 
-def test_published_checkpoint_with_12_bit_weights_and_patch_4(tmp_path, odd_photo):
-    """Six patch sizes down to 4 (dot products of other lengths than 24/48/96) and 12-bit weights."""
+@pytest.mark.parametrize("bits", [12, 9])
+def test_published_checkpoint_with_wide_weights_and_patch_4(tmp_path, odd_photo, bits):
+    """Six patch sizes down to 4 (dot products of other lengths than 24/48/96) and 12-bit
+    weights (17 digit planes: no AMX layout) or 9-bit ones (3 planes: the AMX kernel loads
+    the weight tiles as it uses them)."""
     frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6], realistic=True)
     assert main(["export", "frappe-encoder", "-o", str(tmp_path / "m"), "--checkpoint", str(frappe_dir),
-                 "--n-ch", "6", "--weight-bits", "12", "--input-size", "64x64"]) == 0
+                 "--n-ch", "6", "--weight-bits", str(bits), "--input-size", "64x64"]) == 0
     spec = load_encoder_spec(tmp_path / "m")
     assert max(s.weight_bits for s in spec.stages) > 8
     folder = generate(spec, tmp_path / "src")

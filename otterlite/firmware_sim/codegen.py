@@ -9,8 +9,8 @@ channels or 3K values: each pair of pixel values meets the weight pairs of four 
 the operand order of a 16-bit multiply-add (otl_encoder.c). Groups with 8-bit weights also
 get weights8[u][b][q][l][i] = the same with t = 4q + i, int8: four values per lane, the
 operand order of the u8 x s8 dot product (VPDPBUSD); on Linux x86 groups of at most 16
-channels also get weights_amx (amx_layout: TDPBUSD weight tiles, one per 64 values of a kernel
-row and int8 digit plane of the weights). Arm DSP builds take instead
+channels also get weights_amx (amx_layout: TDPBUSD weight tiles, one per chunk of at most 64
+values of a kernel row and int8 digit plane of the weights). Arm DSP builds take instead
 weights_dsp[u][trio][q][l][(0, 2, 1, 3)]: three channels per block, four values per quad
 paired as UXTB16 pairs the bytes (dsp_layout). Each build compiles only the layouts its
 kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS, OTL_AMX_WEIGHTS in otl_encoder.h). The threshold count is
@@ -193,16 +193,21 @@ def digit_planes(weights: np.ndarray) -> np.ndarray:
 
 
 def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int]:
-    """W[c, ch, u, v] -> ([u][plane][chunk][row][c][i] int8, last) for TDPBUSD: value
-    t = 64 chunk + 4 row + i of kernel row u (t = 3v + ch), zero past 3K; last: bytes of the
-    last chunk, 3K rounded up to 4 (the last tile's width)."""
+    """W[c, ch, u, v] -> ([u][plane][chunk][row][c][i] int8, width) for TDPBUSD: every chunk
+    is one tile of `width` bytes, width = min(64, E) with E = 3K rounded up to 4; chunk q
+    starts at value s_q = min(64 q, E - width) and holds value t = s_q + 4 row + i of kernel
+    row u (t = 3v + ch), zero past 3K and below 64 q (values an earlier chunk holds)."""
     c, _, k, _ = weights.shape
-    chunks = -(-3 * k // 64)
+    end = -(-3 * k // 4) * 4
+    width, chunks = min(64, end), -(-end // 64)
     planes = digit_planes(weights)
-    rows = np.zeros((k, len(planes), chunks * 64, c), np.int64)
+    rows = np.zeros((k, len(planes), end, c), np.int64)
     rows[:, :, :3 * k] = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
-    layout = rows.reshape(k, len(planes), chunks, 16, 4, c).transpose(0, 1, 2, 3, 5, 4)
-    return layout, -(-(3 * k - 64 * (chunks - 1)) // 4) * 4
+    tiles = np.zeros((k, len(planes), chunks, width, c), np.int64)
+    for q in range(chunks):
+        start = min(64 * q, end - width)
+        tiles[:, :, q, 64 * q - start:] = rows[:, :, 64 * q:start + width]
+    return tiles.reshape(k, len(planes), chunks, width // 4, 4, c).transpose(0, 1, 2, 3, 5, 4), width
 
 
 def group_arrays(g: int, stage) -> tuple[list[str], str]:
@@ -233,17 +238,17 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         quads, bytes_weights = quad.shape[2], f"OTL_BYTES(group{g}_weights8)"
         lines += ["#if OTL_BYTES_WEIGHTS", f"static const int8_t group{g}_weights8[{quad.size}] = {{", c_array(quad),
                   "};", "#endif", ""]
-    amx, last = amx_layout(stage.weights)
+    amx, width = amx_layout(stage.weights)
     amx_weights = "NULL"
     if c > AMX_MAX_CHANNELS or amx.shape[1] > AMX_MAX_PLANES:
-        amx, last = np.zeros((0, 0, 0)), 0  # no AMX layout: the group stays on the vector kernels
+        amx, width = np.zeros((0, 0, 0)), 0  # no AMX layout: the group stays on the vector kernels
     else:
         amx_weights = f"OTL_AMX(group{g}_weights_amx)"
         lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
                   "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
                    f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, "
-                   f"{amx.shape[1]}, {amx.shape[2]}, {last}, {amx_weights}, {trios}, {dsp_quads}, "
+                   f"{amx.shape[1]}, {amx.shape[2]}, {width}, {amx_weights}, {trios}, {dsp_quads}, "
                    f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
 

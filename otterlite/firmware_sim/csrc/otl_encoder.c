@@ -32,6 +32,10 @@
 typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, int step, const otl_weight_t *w,
                                const otl_group *grp);
 
+#ifndef OTL_BAND_ROWS
+#define OTL_BAND_ROWS 8  /* otl_push_rows: 8 rows of 1920 pixels, 46 KB: in L1 for the next group */
+#endif
+
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
 #if OTL_WRAP
@@ -385,13 +389,14 @@ static OTL_AVX512 void count_row_buckets_avx512(int8_t *out, const int32_t *a, i
 #define OTL_AMX __attribute__((target("amx-tile,amx-int8")))
 #define OTL_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")  /* GCC's tile asm names no memory it reads */
 
-/* AMX-INT8: TDPBUSD multiplies a tile of up to 16 rows of u8 (16 patches, one kernel row's
- * bytes each, straight from the row: x + step * i, a chunk of 64 bytes wide) by a tile of s8
- * weights (weights_amx: 16 rows of four values by C channels) into 16 rows of C int32: the
- * accumulators acc[i][c] themselves, loaded and stored as a tile (stride 4C). Weights of more
- * than 8 bits take one TDPBUSD per digit plane. Tiles: 0 the accumulators, 1 / 3 the bytes /
- * weights of a full chunk, 2 / 4 those of the last one (amx_last bytes); 5, 6, 7 as 0, 1, 2
- * for a second tile of patches. */
+/* AMX-INT8: TDPBUSD multiplies a tile of 16 rows of u8 (16 patches, one kernel row's bytes
+ * each, straight from the row: x + step * i, one chunk of `amx_width` bytes) by a tile of s8
+ * weights (weights_amx: width / 4 rows of four values by C channels) into 16 rows of C int32:
+ * the accumulators acc[i][c] themselves, loaded and stored as a tile (stride 4C). Weights of
+ * more than 8 bits take one TDPBUSD per digit plane. Three tiles of patches go at once (three
+ * independent chains, hiding TDPBUSD's latency): tiles 0-2 their accumulators, 3-5 their
+ * bytes of one chunk, 6 and 7 the weights, loaded once per call when a kernel row has at most
+ * two (chunk, plane) tiles, else as they are used (each load serving three TDPBUSD). */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];  /* bytes per row of each tile */
@@ -400,55 +405,78 @@ typedef struct {
 
 static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
     otl_tile_config cfg;
-    const int c = grp->channels, last = grp->amx_last;
+    const int c = grp->channels, width = grp->amx_width;
+    int t;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    cfg.rows[0] = 16, cfg.colsb[0] = (uint16_t)(4 * c);
-    cfg.rows[1] = 16, cfg.colsb[1] = 64;
-    cfg.rows[2] = 16, cfg.colsb[2] = (uint16_t)last;
-    cfg.rows[3] = 16, cfg.colsb[3] = (uint16_t)(4 * c);
-    cfg.rows[4] = (uint8_t)(last / 4), cfg.colsb[4] = (uint16_t)(4 * c);
-    cfg.rows[5] = 16, cfg.colsb[5] = (uint16_t)(4 * c);  /* a second tile of patches */
-    cfg.rows[6] = 16, cfg.colsb[6] = 64;
-    cfg.rows[7] = 16, cfg.colsb[7] = (uint16_t)last;
+    for (t = 0; t < 3; t++) {
+        cfg.rows[t] = 16, cfg.colsb[t] = (uint16_t)(4 * c);   /* accumulators */
+        cfg.rows[t + 3] = 16, cfg.colsb[t + 3] = (uint16_t)width;  /* bytes */
+    }
+    for (t = 6; t < 8; t++) cfg.rows[t] = (uint8_t)(width / 4), cfg.colsb[t] = (uint16_t)(4 * c);  /* weights */
     OTL_MEMORY_BARRIER();  /* also orders the caller's writes to acc and x before the tile loads */
     _tile_loadconfig(&cfg);
 }
 
-/* One tile of 16 patches into accumulator tile ACC, with bytes tiles FULL / LAST (the
- * weights in tiles 3 / 4): the tile numbers must be constants. */
-#define OTL_AMX_TILE(ACC, FULL, LAST, acc, x)                          \
-    do {                                                               \
-        _tile_loadd(ACC, acc, stride);                                 \
-        for (q = 0; q + 1 < chunks; q++) {                             \
-            _tile_loadd(FULL, (x) + 64 * q, step);                     \
-            for (p = 0; p < planes; p++) {                             \
-                _tile_loadd(3, w + p * plane + q * chunk, stride);     \
-                _tile_dpbusd(ACC, FULL, 3);                            \
-            }                                                          \
-        }                                                              \
-        _tile_loadd(LAST, (x) + 64 * q, step);                         \
-        for (p = 0; p < planes; p++) {                                 \
-            _tile_loadd(4, w + p * plane + q * chunk, stride);         \
-            _tile_dpbusd(ACC, LAST, 4);                                \
-        }                                                              \
-        _tile_stored(ACC, acc, stride);                                \
+/* TDPBUSD of the n (1..3) tiles of patches with the weights in tile W (a constant). */
+#define OTL_AMX_DOTS(W)                           \
+    do {                                          \
+        _tile_dpbusd(0, 3, W);                    \
+        if (n > 1) _tile_dpbusd(1, 4, W);         \
+        if (n > 2) _tile_dpbusd(2, 5, W);         \
     } while (0)
 
-/* acc[i][c] += kernel row u over 16 * tiles patches x + step * i, two tiles at a time (tiles
- * 0 and 5 accumulate, 1, 2 and 6, 7 hold their bytes) so that the two chains overlap;
- * configures the tiles for the group on entry and releases them on return. */
-static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int tiles, int step, const int8_t *w,
-                                    const otl_group *grp) {
-    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes;
-    const long stride = 4L * c, chunk = 64L * c, plane = chunk * chunks;  /* weight bytes */
-    int t, q, p;
-    amx_configure(grp);
-    for (t = 0; t + 2 <= tiles; t += 2, acc += 32 * c, x += 32 * step) {
-        OTL_AMX_TILE(0, 1, 2, acc, x);
-        OTL_AMX_TILE(5, 6, 7, acc + 16 * c, x + 16 * step);
+/* acc[i][c] += kernel rows u .. u + rows - 1 for n (1..3) tiles of 16 patches, from the
+ * image rows x + row_bytes * r (see above): the accumulators stay in their tiles across the rows. */
+static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, int step, size_t row_bytes, int rows,
+                                         const int8_t *w, const otl_group *grp, int resident) {
+    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes, width = grp->amx_width;
+    const int end = (3 * grp->kernel + 3) / 4 * 4;
+    const long stride = 4L * c, tile = (long)width * c;  /* weight bytes: a tile row, a tile */
+    int r, q, p;
+    _tile_loadd(0, acc, stride);
+    if (n > 1) _tile_loadd(1, acc + 16 * c, stride);
+    if (n > 2) _tile_loadd(2, acc + 32 * c, stride);
+    for (r = 0; r < rows; r++, x += row_bytes, w += planes * chunks * tile) {
+        for (q = 0; q < chunks; q++) {
+            const uint8_t *xq = x + (64 * q < end - width ? 64 * q : end - width);
+            _tile_loadd(3, xq, step);
+            if (n > 1) _tile_loadd(4, xq + 16L * step, step);
+            if (n > 2) _tile_loadd(5, xq + 32L * step, step);
+            for (p = 0; p < planes; p++) {
+                const int8_t *wt = w + (p * chunks + q) * tile;
+                if ((q * planes + p) % 2 == 0) {
+                    if (!resident) _tile_loadd(6, wt, stride);
+                    OTL_AMX_DOTS(6);
+                } else {
+                    if (!resident) _tile_loadd(7, wt, stride);
+                    OTL_AMX_DOTS(7);
+                }
+            }
+        }
     }
-    if (t < tiles) OTL_AMX_TILE(0, 1, 2, acc, x);
+    _tile_stored(0, acc, stride);
+    if (n > 1) _tile_stored(1, acc + 16 * c, stride);
+    if (n > 2) _tile_stored(2, acc + 32 * c, stride);
+}
+
+/* acc[i][c] += kernel rows u .. u + rows - 1 over 16 * tiles patches x + step * i of the image
+ * rows x + row_bytes * r (w: kernel row u's weights), three tiles of patches at a time;
+ * configures the tiles for the group on entry and releases them on return. */
+static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int tiles, int step, size_t row_bytes, int rows,
+                                    const int8_t *w, const otl_group *grp) {
+    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes;
+    const int resident = rows == 1 && chunks * planes <= 2;
+    int t;
+    amx_configure(grp);
+    if (resident) {  /* (chunk, plane) tile j in tile 6 + j */
+        const long stride = 4L * c, tile = (long)grp->amx_width * c;
+        _tile_loadd(6, w, stride);
+        if (chunks * planes == 2) _tile_loadd(7, w + tile, stride);
+    }
+    for (t = 0; t + 3 <= tiles; t += 3, acc += 48 * c, x += 48 * step)
+        amx_tiles(3, acc, x, step, row_bytes, rows, w, grp, resident);
+    if (t < tiles) amx_tiles(tiles - t, acc, x, step, row_bytes, rows, w, grp, resident);
     _tile_release();
 }
 
@@ -636,27 +664,32 @@ static int bytes_kernel(const otl_group *grp) {
 #endif
 }
 
-/* acc[i][c] += kernel row u over `count` patches x + step * i, by the group's kernel. */
-static void add_row(const otl_group *grp, int u, int32_t *acc, const uint8_t *x, int count, int step) {
+/* acc[i][c] += kernel rows u .. u + rows - 1 over `count` patches x + step * i of the image
+ * rows x + row_bytes * r, by the group's kernel (AMX: all rows in one call). */
+static void add_rows(const otl_group *grp, int u, int rows, size_t row_bytes, int32_t *acc, const uint8_t *x, int count,
+                     int step) {
+    int r;
 #ifdef OTL_AMX_KERNEL
     if (count >= 16 && amx_kernel(grp)) {
         const int tiles = count / 16;
-        add_patches_amx(acc, x, tiles, step,
-                        grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * 64 * grp->channels),
+        add_patches_amx(acc, x, tiles, step, row_bytes, rows,
+                        grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * grp->amx_width * grp->channels),
                         grp);
         acc += (size_t)16 * (size_t)tiles * (size_t)grp->channels, x += (size_t)16 * (size_t)tiles * (size_t)step;
         count -= 16 * tiles;
         if (count == 0) return;
     }
 #endif
-    if (bytes_kernel(grp)) {
+    for (r = 0; r < rows; r++, u++, x += row_bytes) {
+        if (bytes_kernel(grp)) {
 #ifdef OTL_BYTES_KERNEL
-        add_bytes_avx512(acc, x, count, step, grp->weights8 + (size_t)u * (size_t)grp->blocks * (size_t)(16 * grp->quads),
-                         grp);
+            add_bytes_avx512(acc, x, count, step, grp->weights8 + (size_t)u * (size_t)grp->blocks * (size_t)(16 * grp->quads),
+                             grp);
 #endif
-        return;
+            continue;
+        }
+        patch_kernel()(acc, x, count, step, kernel_row(grp, u), grp);
     }
-    patch_kernel()(acc, x, count, step, kernel_row(grp, u), grp);
 }
 
 #if !OTL_WRAP
@@ -679,19 +712,21 @@ static const uint8_t *padded_patch(uint8_t *buf, int n, const uint8_t *rgb, int 
     return buf;
 }
 
-/* acc[j][c] += patch row j of `rgb` (phase u), for one group: the patches whose n-value read
- * (the 3k values, then zero weights) stays inside the row's real pixels straight from it, the
- * others through padded_patch. */
-static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, int width, int padded_width,
-                       int u) {
+/* acc[j][c] += patch row j of the image rows rgb + row_bytes * r, r < rows (phases u ..
+ * u + rows - 1), for one group: the patches whose n-value read (the 3k values, then zero
+ * weights) stays inside the row's real pixels straight from it, the others through padded_patch. */
+static void accumulate(const otl_group *grp, int32_t *acc, const uint8_t *rgb, size_t row_bytes, int rows, int width,
+                       int padded_width, int u) {
     const int k = grp->stride, cols = padded_width / k, n = values_read(grp);
     const int fit = 3 * width >= n ? (3 * width - n) / (3 * k) + 1 : 0;
     const int inside = fit < width / k ? fit : width / k;
     uint8_t buf[OTL_KERNEL_VALUES];
-    int j;
-    add_row(grp, u, acc, rgb, inside, 3 * k);
-    for (j = inside; j < cols; j++)
-        add_row(grp, u, acc + (size_t)j * (size_t)grp->channels, padded_patch(buf, n, rgb, k, j, width), 1, n);
+    int r, j;
+    add_rows(grp, u, rows, row_bytes, acc, rgb, inside, 3 * k);
+    for (r = 0; r < rows; r++)
+        for (j = inside; j < cols; j++)
+            add_rows(grp, u + r, 1, 0, acc + (size_t)j * (size_t)grp->channels,
+                     padded_patch(buf, n, rgb + row_bytes * (size_t)r, k, j, width), 1, n);
 }
 #endif
 
@@ -767,7 +802,7 @@ static int push_wrapped(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, 
             int32_t *acc;
             if (slot < 0) return OTL_ERR_STATE;
             acc = enc->acc[0] + (size_t)slot * acc_row;
-            add_row(grp, t - (s * i - p), acc, enc->wrapped, cols, 3 * s);
+            add_rows(grp, t - (s * i - p), 1, 0, acc, enc->wrapped, cols, 3 * s);
             if (++enc->open_count[slot] == k) {
                 emitted += emit_row(enc, 0, i, acc, emit, ctx);
                 enc->open_row[slot] = -1, enc->open_count[slot] = 0;
@@ -790,12 +825,41 @@ int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *c
         int g;
         for (g = 0; g < OTL_GROUPS; g++) {
             const int u = enc->row % otl_groups[g].stride;
-            accumulate(&otl_groups[g], enc->acc[g], rgb, enc->width, enc->padded_width, u);
+            accumulate(&otl_groups[g], enc->acc[g], rgb, 0, 1, enc->width, enc->padded_width, u);
             if (u == otl_groups[g].stride - 1)
                 emitted += emit_row(enc, g, enc->row / otl_groups[g].stride, enc->acc[g], emit, ctx);
         }
 #endif
         enc->row++;
     } while (enc->row >= enc->height && enc->row < enc->padded_height);
+    return emitted;
+}
+
+int otl_push_rows(otl_encoder *enc, const uint8_t *rgb, size_t row_bytes, int rows, otl_emit_fn emit, void *ctx) {
+    int emitted = 0, done;
+#if !OTL_WRAP
+    /* all but the frame's last row, in bands of OTL_BAND_ROWS rows (still in cache for the
+     * next group), by group, each latent row's part of the band in one call */
+    const int band = rows < enc->height - enc->row ? rows : enc->height - enc->row - 1;
+    int start, g, r;
+    for (start = 0; start < band; start += OTL_BAND_ROWS) {
+        const int end = band - start < OTL_BAND_ROWS ? band : start + OTL_BAND_ROWS;
+        for (g = 0; g < OTL_GROUPS; g++) {
+            const int k = otl_groups[g].stride;
+            for (r = start; r < end;) {
+                const int u = (enc->row + r) % k, run = k - u < end - r ? k - u : end - r;
+                accumulate(&otl_groups[g], enc->acc[g], rgb + row_bytes * (size_t)r, row_bytes, run, enc->width,
+                           enc->padded_width, u);
+                r += run;
+                if (u + run == k) emitted += emit_row(enc, g, (enc->row + r - 1) / k, enc->acc[g], emit, ctx);
+            }
+        }
+    }
+    if (band > 0) enc->row += band, rgb += row_bytes * (size_t)band, rows -= band;
+#endif
+    for (; rows > 0; rows--, rgb += row_bytes) {  /* the last row stands in for the padding below it */
+        if ((done = otl_push_row(enc, rgb, emit, ctx)) < 0) return done;
+        emitted += done;
+    }
     return emitted;
 }

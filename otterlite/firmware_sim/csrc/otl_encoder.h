@@ -94,11 +94,12 @@ typedef struct {
     const int8_t *weights8;  /* OTL_BYTES_WEIGHTS builds, 8-bit weights (else NULL): [K][blocks][quads][4][4]
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
     int amx_planes;          /* int8 digit planes that add up to the weights (0: no AMX layout) */
-    int amx_chunks;          /* ceil(3K / 64): 64-byte chunks of a kernel row (one tile width each) */
-    int amx_last;            /* bytes of the last chunk: 3K - 64 (chunks - 1) rounded up to 4 */
+    int amx_chunks;          /* ceil(E / 64), E = 3K rounded up to 4: tiles of one kernel row */
+    int amx_width;           /* bytes of each tile, min(64, E); chunk q starts at min(64 q, E - width) */
     const int8_t *weights_amx;  /* OTL_AMX_WEIGHTS builds, C <= 16 and at most 4 planes (else NULL):
-                                [K][planes][chunks][16][C][4] = plane of W[u][c][64 chunk + 4 row + i], 0 past 3K:
-                                each chunk a TDPBUSD weight tile (row = four values, column = channel) */
+                                [K][planes][chunks][width / 4][C][4] = plane of W[u][c][start + 4 row + i], 0
+                                past 3K and below 64 q: each chunk a TDPBUSD weight tile (row = four values,
+                                column = channel) */
     int trios;               /* ceil(C / 3): blocks of three channels (weights_dsp) */
     int dsp_quads;           /* ceil(3K / 4): quads of values per kernel row (weights_dsp) */
     const uint64_t *weights_dsp;  /* OTL_DSP_WEIGHTS builds (else NULL): [K][trios][dsp_quads][3], per lane
@@ -141,6 +142,11 @@ int otl_init(otl_encoder *enc, void *state, size_t state_bytes, int width, int h
  * OTL_ERR_ROWS if the frame already has all its rows (OTL_ERR_STATE: more than OTL_OPEN_ROWS
  * latent rows open, which the bound above rules out). */
 int otl_push_row(otl_encoder *enc, const uint8_t *rgb, otl_emit_fn emit, void *ctx);
+
+/* Feed the next `rows` rows, rgb + row_bytes * r: the latents of `rows` otl_push_row calls,
+ * emitted group by group instead of row by row (use it only where the order does not matter:
+ * raw output by row index, not the container's coder). Returns as otl_push_row. */
+int otl_push_rows(otl_encoder *enc, const uint8_t *rgb, size_t row_bytes, int rows, otl_emit_fn emit, void *ctx);
 
 #ifdef OTL_TRACE
 /* Debug builds only (verify's divergence localisation): when set, called with each completed

@@ -124,6 +124,10 @@ static const char *encode_rows(const otl_files *io, const uint8_t *rows, int wid
                        work_bytes - row_bytes - state_bytes - frame_bytes - OTL_HEAD_BYTES - 4);
         s.coder = &coder;
     }
+    if (rows && !container) {  /* in place, raw: the rows in one call (written by row index, any order) */
+        if (otl_push_rows(&enc, rows, (size_t)width * 3u, height, on_latent_row, &s) < 0) return "encoder refused a row";
+        return s.failed ? "cannot write the output" : NULL;
+    }
     for (r = 0; r < height; r++) {
         const uint8_t *row = rows ? rows + (size_t)r * (size_t)width * 3u : work;
         if (!rows && io->read(io->in, work, (size_t)width * 3u)) return "PPM pixel data ends early (truncated file)";
