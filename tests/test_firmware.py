@@ -82,29 +82,33 @@ KERNELS = [(), ("OTL_NO_AMX",), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_
 
 def test_amx_weight_tiles_hold_the_weights():
     """The AMX layout: int8 digit planes that add up to the weights (9 bits: 3 planes, 12 bits:
-    17), in tiles of min(64, E) bytes (E = 3K rounded up to 4), chunk q from value
-    min(64 q, E - width), each value of kernel row u in exactly one tile."""
+    17), P patches side by side (block-diagonal columns p C + c), in tiles of min(64, E) bytes
+    (E = 3KP rounded up to 4), chunk q from value min(64 q, E - width), each value of kernel
+    row u in exactly one tile."""
     from otterlite.firmware_sim.codegen import amx_layout, digit_planes
     rng = np.random.default_rng(3)
     for lo, hi, planes in [(-128, 127, 1), (-255, 255, 3), (-256, 254, 2), (-2047, 2047, 17)]:
-        for k in (4, 7, 8, 32, 57):
-            w = rng.integers(lo, hi + 1, (5, 3, k, k))
+        for k, channels, patches in [(4, 5, 3), (7, 5, 1), (8, 5, 2), (8, 3, 2), (16, 3, 1), (32, 5, 1), (57, 5, 1)]:
+            w = rng.integers(lo, hi + 1, (channels, 3, k, k))
             w.flat[0], w.flat[1] = lo, hi
             split = digit_planes(w)
             assert len(split) == planes and (split.sum(axis=0) == w).all()
             assert split.min() >= -128 and split.max() <= 127
-            layout, width = amx_layout(w)
-            end = -(-3 * k // 4) * 4
+            layout, width, p = amx_layout(w)
+            assert p == patches and p * channels <= 16
+            end = -(-3 * k * p // 4) * 4
             assert width == min(64, end) and layout.shape[2] == -(-end // 64) and layout.shape[3] == width // 4
-            values = np.zeros((k, planes, 5, end), np.int64)  # [u][plane][c][t]
+            values = np.zeros((k, planes, p * channels, end), np.int64)  # [u][plane][column][t]
             for q in range(layout.shape[2]):
                 start = min(64 * q, end - width)
-                values[..., start:start + width] += layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, 5, width)
-            assert (values.sum(axis=1)[..., :3 * k] == w.transpose(2, 0, 3, 1).reshape(k, 5, 3 * k)).all()
-            assert not values[..., 3 * k:].any()
-            for q in range(1, layout.shape[2]):  # no value twice: the overlap of the last tile is zero
-                start = min(64 * q, end - width)
-                assert not layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, 5, width)[..., :64 * q - start].any()
+                tile = layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, p * channels, width)
+                assert not tile[..., :64 * q - start].any()  # no value twice: the overlap of the last tile is zero
+                values[..., start:start + width] += tile
+            want = np.zeros_like(values[:, 0])
+            for i in range(p):  # patch i's weights in its columns and values only
+                want[:, channels * i:channels * (i + 1), 3 * k * i:3 * k * (i + 1)] = \
+                    w.transpose(2, 0, 3, 1).reshape(k, channels, 3 * k)
+            assert (values.sum(axis=1) == want).all()
 
 
 @pytest.mark.parametrize("defines", KERNELS)

@@ -192,22 +192,33 @@ def digit_planes(weights: np.ndarray) -> np.ndarray:
     return np.stack([np.floor_divide(w + j, n) for j in range(n)])
 
 
-def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int]:
-    """W[c, ch, u, v] -> ([u][plane][chunk][row][c][i] int8, width) for TDPBUSD: every chunk
-    is one tile of `width` bytes, width = min(64, E) with E = 3K rounded up to 4; chunk q
-    starts at value s_q = min(64 q, E - width) and holds value t = s_q + 4 row + i of kernel
-    row u (t = 3v + ch), zero past 3K and below 64 q (values an earlier chunk holds)."""
+def amx_patches(channels: int, k: int) -> int:
+    """Patches side by side in one AMX tile row: as many whole ones as fit 64 bytes and 16
+    int32 columns, where 3K is a multiple of 4 (the 8x8 patch of 3 channels: 2), else 1."""
+    return 1 if (3 * k) % 4 or 6 * k > 64 else max(1, min(64 // (3 * k), AMX_MAX_CHANNELS // channels))
+
+
+def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """W[c, ch, u, v] -> ([u][plane][chunk][row][column][i] int8, width, patches) for TDPBUSD,
+    with `patches` (amx_patches) P side by side: a tile row is P patch rows (3KP values), column
+    p C + c patch p's channel c, block-diagonal. Every chunk is one tile of `width` bytes,
+    width = min(64, E) with E = 3KP rounded up to 4; chunk q starts at value s_q = min(64 q,
+    E - width) and holds value t = s_q + 4 row + i, zero past 3KP and below 64 q (values an
+    earlier chunk holds)."""
     c, _, k, _ = weights.shape
-    end = -(-3 * k // 4) * 4
+    patches = amx_patches(c, k)
+    end = -(-3 * k * patches // 4) * 4
     width, chunks = min(64, end), -(-end // 64)
     planes = digit_planes(weights)
-    rows = np.zeros((k, len(planes), end, c), np.int64)
-    rows[:, :, :3 * k] = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
-    tiles = np.zeros((k, len(planes), chunks, width, c), np.int64)
+    values = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
+    rows = np.zeros((k, len(planes), end, patches * c), np.int64)
+    for p in range(patches):
+        rows[:, :, 3 * k * p:3 * k * (p + 1), c * p:c * (p + 1)] = values
+    tiles = np.zeros((k, len(planes), chunks, width, patches * c), np.int64)
     for q in range(chunks):
         start = min(64 * q, end - width)
         tiles[:, :, q, 64 * q - start:] = rows[:, :, 64 * q:start + width]
-    return tiles.reshape(k, len(planes), chunks, width // 4, 4, c).transpose(0, 1, 2, 3, 5, 4), width
+    return tiles.reshape(k, len(planes), chunks, width // 4, 4, patches * c).transpose(0, 1, 2, 3, 5, 4), width, patches
 
 
 def group_arrays(g: int, stage) -> tuple[list[str], str]:
@@ -238,17 +249,17 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         quads, bytes_weights = quad.shape[2], f"OTL_BYTES(group{g}_weights8)"
         lines += ["#if OTL_BYTES_WEIGHTS", f"static const int8_t group{g}_weights8[{quad.size}] = {{", c_array(quad),
                   "};", "#endif", ""]
-    amx, width = amx_layout(stage.weights)
+    amx, width, patches = amx_layout(stage.weights)
     amx_weights = "NULL"
     if c > AMX_MAX_CHANNELS or amx.shape[1] > AMX_MAX_PLANES:
-        amx, width = np.zeros((0, 0, 0)), 0  # no AMX layout: the group stays on the vector kernels
+        amx, width, patches = np.zeros((0, 0, 0)), 0, 0  # no AMX layout: the group stays on the vector kernels
     else:
         amx_weights = f"OTL_AMX(group{g}_weights_amx)"
         lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
                   "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
                    f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, "
-                   f"{amx.shape[1]}, {amx.shape[2]}, {width}, {amx_weights}, {trios}, {dsp_quads}, "
+                   f"{amx.shape[1]}, {amx.shape[2]}, {width}, {patches}, {amx_weights}, {trios}, {dsp_quads}, "
                    f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
 

@@ -389,10 +389,11 @@ static OTL_AVX512 void count_row_buckets_avx512(int8_t *out, const int32_t *a, i
 #define OTL_AMX __attribute__((target("amx-tile,amx-int8")))
 #define OTL_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")  /* GCC's tile asm names no memory it reads */
 
-/* AMX-INT8: TDPBUSD multiplies a tile of 16 rows of u8 (16 patches, one kernel row's bytes
- * each, straight from the row: x + step * i, one chunk of `amx_width` bytes) by a tile of s8
- * weights (weights_amx: width / 4 rows of four values by C channels) into 16 rows of C int32:
- * the accumulators acc[i][c] themselves, loaded and stored as a tile (stride 4C). Weights of
+/* AMX-INT8: TDPBUSD multiplies a tile of 16 rows of u8 (16 P patches, P side by side: the
+ * bytes of one kernel row of P patches, straight from the row: x + P step i, one chunk of
+ * `amx_width` bytes) by a tile of s8 weights (weights_amx: width / 4 rows of four values by P C
+ * columns) into 16 rows of P C int32: the accumulators acc[P i + p][c] themselves, loaded and
+ * stored as a tile (stride 4 P C). Weights of
  * more than 8 bits take one TDPBUSD per digit plane. Three tiles of patches go at once (three
  * independent chains, hiding TDPBUSD's latency): tiles 0-2 their accumulators, 3-5 their
  * bytes of one chunk, 6 and 7 the weights, loaded once per call when a kernel row has at most
@@ -405,7 +406,7 @@ typedef struct {
 
 static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
     otl_tile_config cfg;
-    const int c = grp->channels, width = grp->amx_width;
+    const int c = grp->channels * grp->amx_patches, width = grp->amx_width;  /* columns */
     int t;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -426,15 +427,17 @@ static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
         if (n > 2) _tile_dpbusd(2, 5, W);         \
     } while (0)
 
-/* acc[i][c] += kernel rows u .. u + rows - 1 for n (1..3) tiles of 16 patches, from the
- * image rows x + row_bytes * r (see above): the accumulators stay in their tiles across the rows. */
+/* acc[i][c] += kernel rows u .. u + rows - 1 for n (1..3) tiles of 16 P patches, from the
+ * image rows x + row_bytes * r (see above): the accumulators stay in their tiles across the
+ * rows (zero: n = 1 and the tile starts at 0 instead of acc, which it is stored to). */
 static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, int step, size_t row_bytes, int rows,
-                                         const int8_t *w, const otl_group *grp, int resident) {
-    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes, width = grp->amx_width;
-    const int end = (3 * grp->kernel + 3) / 4 * 4;
+                                         const int8_t *w, const otl_group *grp, int resident, int zero) {
+    const int c = grp->channels * grp->amx_patches, chunks = grp->amx_chunks, planes = grp->amx_planes;
+    const int width = grp->amx_width, end = (3 * grp->kernel * grp->amx_patches + 3) / 4 * 4;
     const long stride = 4L * c, tile = (long)width * c;  /* weight bytes: a tile row, a tile */
     int r, q, p;
-    _tile_loadd(0, acc, stride);
+    if (zero) _tile_zero(0);
+    else _tile_loadd(0, acc, stride);
     if (n > 1) _tile_loadd(1, acc + 16 * c, stride);
     if (n > 2) _tile_loadd(2, acc + 32 * c, stride);
     for (r = 0; r < rows; r++, x += row_bytes, w += planes * chunks * tile) {
@@ -460,23 +463,36 @@ static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, 
     if (n > 2) _tile_stored(2, acc + 32 * c, stride);
 }
 
-/* acc[i][c] += kernel rows u .. u + rows - 1 over 16 * tiles patches x + step * i of the image
- * rows x + row_bytes * r (w: kernel row u's weights), three tiles of patches at a time;
- * configures the tiles for the group on entry and releases them on return. */
-static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int tiles, int step, size_t row_bytes, int rows,
+/* acc[i][c] += kernel rows u .. u + rows - 1 over `count` >= 16 P patches x + step * i of the
+ * image rows x + row_bytes * r (w: kernel row u's weights): whole tiles three at a time, then
+ * the last 16 P patches into a zeroed tile of which the patches past the whole tiles are
+ * added; configures the tiles for the group on entry and releases them on return. */
+static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int count, int step, size_t row_bytes, int rows,
                                     const int8_t *w, const otl_group *grp) {
-    const int c = grp->channels, chunks = grp->amx_chunks, planes = grp->amx_planes;
-    const int resident = rows == 1 && chunks * planes <= 2;
-    int t;
+    const int patches = grp->amx_patches, c = grp->channels * patches, chunks = grp->amx_chunks;
+    const int resident = rows == 1 && chunks * grp->amx_planes <= 2, tiles = count / (16 * patches);
+    const int tail = count - 16 * patches * tiles;  /* patches past the whole tiles */
+    int32_t last[16 * 16];
+    int t, i;
     amx_configure(grp);
     if (resident) {  /* (chunk, plane) tile j in tile 6 + j */
         const long stride = 4L * c, tile = (long)grp->amx_width * c;
         _tile_loadd(6, w, stride);
-        if (chunks * planes == 2) _tile_loadd(7, w + tile, stride);
+        if (chunks * grp->amx_planes == 2) _tile_loadd(7, w + tile, stride);
     }
-    for (t = 0; t + 3 <= tiles; t += 3, acc += 48 * c, x += 48 * step)
-        amx_tiles(3, acc, x, step, row_bytes, rows, w, grp, resident);
-    if (t < tiles) amx_tiles(tiles - t, acc, x, step, row_bytes, rows, w, grp, resident);
+    for (t = 0; t + 3 <= tiles; t += 3)
+        amx_tiles(3, acc + (size_t)(16 * c * t), x + (size_t)(16 * patches * step) * (size_t)t, step * patches, row_bytes,
+                  rows, w, grp, resident, 0);
+    if (t < tiles)
+        amx_tiles(tiles - t, acc + (size_t)(16 * c * t), x + (size_t)(16 * patches * step) * (size_t)t, step * patches,
+                  row_bytes, rows, w, grp, resident, 0);
+    if (tail) {
+        amx_tiles(1, last, x + (size_t)(count - 16 * patches) * (size_t)step, step * patches, row_bytes, rows, w, grp,
+                  resident, 1);
+        OTL_MEMORY_BARRIER();  /* the tile store wrote `last` */
+        acc += (size_t)(count - tail) * (size_t)grp->channels;
+        for (i = 0; i < tail * grp->channels; i++) acc[i] += last[16 * c - tail * grp->channels + i];
+    }
     _tile_release();
 }
 
@@ -646,8 +662,8 @@ static const otl_weight_t *kernel_row(const otl_group *grp, int u) {
 #endif
 }
 
-/* 1 when the group's rows go through add_patches_amx (whole tiles of 16 patches; the rest by
- * the vector kernels): an AMX layout, compiled in, on a CPU with AMX-INT8 that the OS lets us
+/* 1 when the group's rows of at least 16 P patches go through add_patches_amx (shorter ones
+ * through the vector kernels): an AMX layout, compiled in, on a CPU with AMX-INT8 that the OS lets us
  * use. */
 #ifdef OTL_AMX_KERNEL
 static int amx_kernel(const otl_group *grp) { return grp->weights_amx != NULL && has_amx(); }
@@ -670,14 +686,12 @@ static void add_rows(const otl_group *grp, int u, int rows, size_t row_bytes, in
                      int step) {
     int r;
 #ifdef OTL_AMX_KERNEL
-    if (count >= 16 && amx_kernel(grp)) {
-        const int tiles = count / 16;
-        add_patches_amx(acc, x, tiles, step, row_bytes, rows,
-                        grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * grp->amx_width * grp->channels),
+    if (amx_kernel(grp) && count >= 16 * grp->amx_patches) {
+        add_patches_amx(acc, x, count, step, row_bytes, rows,
+                        grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * grp->amx_width *
+                                                                grp->channels * grp->amx_patches),
                         grp);
-        acc += (size_t)16 * (size_t)tiles * (size_t)grp->channels, x += (size_t)16 * (size_t)tiles * (size_t)step;
-        count -= 16 * tiles;
-        if (count == 0) return;
+        return;
     }
 #endif
     for (r = 0; r < rows; r++, u++, x += row_bytes) {
