@@ -82,9 +82,9 @@ KERNELS = [(), ("OTL_NO_AMX",), ("OTL_NO_VNNI8",), ("OTL_NO_AVX512",), ("OTL_NO_
 
 def test_amx_weight_tiles_hold_the_weights():
     """The AMX layout: int8 digit planes that add up to the weights (9 bits: 3 planes, 12 bits:
-    17), P patches side by side (block-diagonal columns p C + c), in tiles of min(64, E) bytes
-    (E = 3KP rounded up to 4), chunk q from value min(64 q, E - width), each value of kernel
-    row u in exactly one tile."""
+    17), P patches side by side (block-diagonal columns p C + c), E = 3KP rounded up to 4 in
+    ceil(E / 64) tiles of E / chunks rounded up to 4 bytes, chunk q from value min(q width,
+    E - width), each value of kernel row u in exactly one tile."""
     from otterlite.firmware_sim.codegen import amx_layout, digit_planes
     rng = np.random.default_rng(3)
     for lo, hi, planes in [(-128, 127, 1), (-255, 255, 3), (-256, 254, 2), (-2047, 2047, 17)]:
@@ -97,12 +97,13 @@ def test_amx_weight_tiles_hold_the_weights():
             layout, width, p = amx_layout(w)
             assert p == patches and p * channels <= 16
             end = -(-3 * k * p // 4) * 4
-            assert width == min(64, end) and layout.shape[2] == -(-end // 64) and layout.shape[3] == width // 4
+            chunks = -(-end // 64)
+            assert width == -(-end // (4 * chunks)) * 4 <= 64 and layout.shape[2:4] == (chunks, width // 4)
             values = np.zeros((k, planes, p * channels, end), np.int64)  # [u][plane][column][t]
             for q in range(layout.shape[2]):
-                start = min(64 * q, end - width)
+                start = min(width * q, end - width)
                 tile = layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, p * channels, width)
-                assert not tile[..., :64 * q - start].any()  # no value twice: the overlap of the last tile is zero
+                assert not tile[..., :width * q - start].any()  # no value twice: the overlap of the last tile is zero
                 values[..., start:start + width] += tile
             want = np.zeros_like(values[:, 0])
             for i in range(p):  # patch i's weights in its columns and values only

@@ -201,14 +201,15 @@ def amx_patches(channels: int, k: int) -> int:
 def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int, int]:
     """W[c, ch, u, v] -> ([u][plane][chunk][row][column][i] int8, width, patches) for TDPBUSD,
     with `patches` (amx_patches) P side by side: a tile row is P patch rows (3KP values), column
-    p C + c patch p's channel c, block-diagonal. Every chunk is one tile of `width` bytes,
-    width = min(64, E) with E = 3KP rounded up to 4; chunk q starts at value s_q = min(64 q,
-    E - width) and holds value t = s_q + 4 row + i, zero past 3KP and below 64 q (values an
-    earlier chunk holds)."""
+    p C + c patch p's channel c, block-diagonal. E = 3KP rounded up to 4 takes ceil(E / 64)
+    chunks of one tile each, `width` = E / chunks rounded up to 4 bytes wide (96: two of 48);
+    chunk q starts at value s_q = min(q width, E - width) and holds value t = s_q + 4 row + i,
+    zero past 3KP and below q width (values an earlier chunk holds)."""
     c, _, k, _ = weights.shape
     patches = amx_patches(c, k)
     end = -(-3 * k * patches // 4) * 4
-    width, chunks = min(64, end), -(-end // 64)
+    chunks = -(-end // 64)
+    width = -(-end // (4 * chunks)) * 4
     planes = digit_planes(weights)
     values = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
     rows = np.zeros((k, len(planes), end, patches * c), np.int64)
@@ -216,8 +217,8 @@ def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int, int]:
         rows[:, :, 3 * k * p:3 * k * (p + 1), c * p:c * (p + 1)] = values
     tiles = np.zeros((k, len(planes), chunks, width, patches * c), np.int64)
     for q in range(chunks):
-        start = min(64 * q, end - width)
-        tiles[:, :, q, 64 * q - start:] = rows[:, :, 64 * q:start + width]
+        start = min(width * q, end - width)
+        tiles[:, :, q, width * q - start:] = rows[:, :, width * q:start + width]
     return tiles.reshape(k, len(planes), chunks, width // 4, 4, patches * c).transpose(0, 1, 2, 3, 5, 4), width, patches
 
 

@@ -442,7 +442,7 @@ static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, 
     if (n > 2) _tile_loadd(2, acc + 32 * c, stride);
     for (r = 0; r < rows; r++, x += row_bytes, w += planes * chunks * tile) {
         for (q = 0; q < chunks; q++) {
-            const uint8_t *xq = x + (64 * q < end - width ? 64 * q : end - width);
+            const uint8_t *xq = x + (width * q < end - width ? width * q : end - width);
             _tile_loadd(3, xq, step);
             if (n > 1) _tile_loadd(4, xq + 16L * step, step);
             if (n > 2) _tile_loadd(5, xq + 32L * step, step);

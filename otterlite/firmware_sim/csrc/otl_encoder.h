@@ -95,7 +95,7 @@ typedef struct {
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
     int amx_planes;          /* int8 digit planes that add up to the weights (0: no AMX layout) */
     int amx_chunks;          /* ceil(E / 64), E = 3KP rounded up to 4: tiles of one kernel row */
-    int amx_width;           /* bytes of each tile, min(64, E); chunk q starts at min(64 q, E - width) */
+    int amx_width;           /* bytes of each tile, E / chunks rounded up to 4; chunk q starts at min(q width, E - width) */
     int amx_patches;         /* P: patches side by side in a tile row (columns p C + c) */
     const int8_t *weights_amx;  /* OTL_AMX_WEIGHTS builds, C <= 16 and at most 4 planes (else NULL):
                                 [K][planes][chunks][width / 4][P C][4] = plane of W[u][c][start + 4 row + i
