@@ -9,7 +9,7 @@ from otterlite.cli import main
 from otterlite.errors import OtterliteError
 from otterlite.export import MODELS
 from otterlite.export.tflite_info import read_tflite
-from otterlite.export.tflite_writer import TfliteGraph, count_thresholds, digit_planes
+from otterlite.export.tflite_writer import TfliteGraph, count_thresholds, digit_planes, float_count
 from otterlite.models.checkpoint import load_frappe
 from otterlite.integer_spec.freeze import freeze_frappe_encoder
 from otterlite.integer_spec.types import FLOAT_EXACT_LIMIT, accumulator_range
@@ -17,7 +17,8 @@ from test_export_verify import exported, require  # noqa: F401  (shared module f
 
 EXACT_OPS = {"DEQUANTIZE", "QUANTIZE", "CONV_2D", "CAST", "MUL", "ADD", "GREATER_EQUAL", "GATHER", "PAD",
              "MAXIMUM", "MINIMUM", "DIV", "SLICE", "CONCATENATION",  # these two move data: WaLLoC's wrap
-             "SPACE_TO_DEPTH"}  # moves data: big patches as a 1x1 conv
+             "SPACE_TO_DEPTH",  # moves data: big patches as a 1x1 conv
+             "FLOOR"}  # the float32 bucket index
 
 
 def run_interpreters(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -42,7 +43,8 @@ def run_interpreters(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
 def test_threshold_search_exhaustive_at_boundaries():
     """Every threshold of the default encoder at T-1, T, T+1, the range ends and the int32
     extremes through both count subgraphs (the bucket table and the binary search), against
-    searchsorted, on every interpreter."""
+    searchsorted, on every interpreter; and, where the range allows the float32 count, the
+    same probes clipped to the range as float32 accumulators."""
     from otterlite.export.tflite_writer import binary_search_count
     from otterlite.integer_spec.types import stage_buckets
 
@@ -50,6 +52,7 @@ def test_threshold_search_exhaustive_at_boundaries():
         require(b)
     model, ckpt = load_frappe()
     spec = freeze_frappe_encoder(model, ckpt.sha256)
+    floats = 0
     for stage in spec.stages:
         t = stage.thresholds
         lo, hi = stage.accumulator_range()
@@ -67,6 +70,19 @@ def test_threshold_search_exhaustive_at_boundaries():
             want = np.stack([np.searchsorted(t[i], probes[i], side="right") for i in range(c)]).T
             for name, got in run_interpreters(data, x).items():
                 np.testing.assert_array_equal(got.reshape(n, c), want, err_msg=name)
+        if float_count(stage_buckets(stage)):  # a float32 accumulator (one digit plane): its whole range
+            inside = np.clip(probes[:, :-2], lo[:, None], hi[:, None])  # the accumulators a conv can give
+            n = inside.shape[1]
+            g = TfliteGraph()
+            acc = g.tensor("acc", np.float32, [1, 1, n, c])
+            data = g.serialize([acc], [count_thresholds(g, acc, stage, "t")], "thresholds")
+            assert "FLOOR" in read_tflite(data).ops and "DIV" not in read_tflite(data).ops
+            x = np.ascontiguousarray(inside.T.reshape(1, 1, n, c).astype(np.float32))
+            want = np.stack([np.searchsorted(t[i], inside[i], side="right") for i in range(c)]).T
+            for name, got in run_interpreters(data, x).items():
+                np.testing.assert_array_equal(got.reshape(n, c), want, err_msg=name)
+            floats += 1
+    assert floats  # the default encoder's 16x16 and 8x8 groups take it
 
 
 @pytest.mark.parametrize("peak", [1, 127, 2047])

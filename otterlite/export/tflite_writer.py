@@ -49,6 +49,7 @@ OPTIONS = {  # builtin op -> its options table (fields passed to TfliteGraph.op)
     Op.CAST: "Cast", Op.GREATER_EQUAL: "GreaterEqual", Op.PAD: "Pad", Op.MAXIMUM: "MaximumMinimum",
     Op.MINIMUM: "MaximumMinimum", Op.DEQUANTIZE: "Dequantize", Op.QUANTIZE: "Quantize",
     Op.SLICE: "Slice", Op.CONCATENATION: "Concatenation", Op.SPACE_TO_DEPTH: "SpaceToDepth",
+    Op.FLOOR: None,
 }
 
 
@@ -177,19 +178,21 @@ def _tensor(b, tensor, buffer: int) -> int:
 
 
 def _operator(b, opcode_index: int, inputs: list[int], outputs: list[int], code: int, fields: dict) -> int:
-    table = OPTIONS[code]
-    module = _schema(f"{table}Options")
-    module.Start(b)
-    for field, value in fields.items():
-        getattr(module, f"Add{field}")(b, value)
-    options = module.End(b)
+    table = OPTIONS[code]  # None: an op without options
+    if table:
+        module = _schema(f"{table}Options")
+        module.Start(b)
+        for field, value in fields.items():
+            getattr(module, f"Add{field}")(b, value)
+        options = module.End(b)
     in_vec, out_vec = _ints(b, inputs), _ints(b, outputs)
     fb_operator.Start(b)
     fb_operator.AddOpcodeIndex(b, opcode_index)
     fb_operator.AddInputs(b, in_vec)
     fb_operator.AddOutputs(b, out_vec)
-    fb_operator.AddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, f"{table}Options"))
-    fb_operator.AddBuiltinOptions(b, options)
+    if table:
+        fb_operator.AddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, f"{table}Options"))
+        fb_operator.AddBuiltinOptions(b, options)
     return fb_operator.End(b)
 
 
@@ -271,10 +274,10 @@ def patch_conv(g: TfliteGraph, blocks: int, block: int, weights: np.ndarray, tag
 
 def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str,
                blocks: tuple[int, int] | None = None) -> int:
-    """Exact int32 accumulator sum W * x of float32 x holding uint8 values: the digit planes
-    as blocks of output channels of one float32 CONV_2D (plane i in channels i*C .. i*C + C - 1),
-    on blocks = (SPACE_TO_DEPTH tensor, its block) for a patch conv, CAST to int32, block i
-    SLICEd, times 16^i, added."""
+    """Exact accumulator sum W * x of float32 x holding uint8 values: the digit planes as blocks
+    of output channels of one float32 CONV_2D (plane i in channels i*C .. i*C + C - 1), on
+    blocks = (SPACE_TO_DEPTH tensor, its block) for a patch conv; one plane: that float32
+    output itself (integers below 2^24), else CAST to int32, block i SLICEd, times 16^i, added."""
     c = weights.shape[0]
     planes = digit_planes(weights)
     if blocks is not None:
@@ -282,9 +285,9 @@ def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: in
     else:
         sums = conv_float(g, x, np.concatenate(planes), np.zeros(len(planes) * c), stride, pad, tag)
     shape = g.shape(sums)
-    sums = g.op(Op.CAST, [sums], np.int32, shape, f"{tag}_planes_int")
     if len(planes) == 1:
         return sums
+    sums = g.op(Op.CAST, [sums], np.int32, shape, f"{tag}_planes_int")
     n, h, w, _ = shape
     acc = None
     for i in range(len(planes)):
@@ -299,52 +302,84 @@ def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: in
     return acc
 
 
+def float_count(buckets) -> bool:
+    """Whether the bucket index can be taken in float32: the clipped accumulator, its offset
+    from lo and every candidate (at most hi + 1) are integers below 2^24 in magnitude, so
+    the clip, the shift (times 2^-s, FLOOR) and the compares are exact."""
+    lo, hi = buckets.lo.astype(np.int64), buckets.hi.astype(np.int64)
+    return bool((hi - lo < FLOAT_EXACT_LIMIT).all() and (np.maximum(-lo, hi + 1) < FLOAT_EXACT_LIMIT).all())
+
+
 def count_thresholds(g: TfliteGraph, acc: int, stage, tag: str) -> int:
-    """(1, h, w, C) int32 accumulators -> int32 counts #{j : a >= T[c, j]}: by the bucket
-    table (integer_spec.ThresholdBuckets) when its buckets hold at most BUCKET_COMPARES
-    thresholds, else by binary search; both exact for every int32 a < INT32_MAX. TFLM has no int32 GATHER,
-    so the tables are float32 (counts, and thresholds below 2^24, are exact; larger ones are
-    stored as two 16-bit halves)."""
+    """(1, h, w, C) accumulators (int32, or float32 integers below 2^24) -> int32 counts
+    #{j : a >= T[c, j]}: by the bucket table (integer_spec.ThresholdBuckets) when its buckets
+    hold at most BUCKET_COMPARES thresholds, else by binary search; both exact for every int32
+    a < INT32_MAX. A float32 accumulator whose range allows it (float_count) keeps float32
+    through the bucket index and the compares (XNNPACK's kernels instead of int32 broadcasting
+    ones), exact for every a in the stage's accumulator range [lo, hi] (all a one-plane conv
+    can give), the piles outside the range folded into the base table; else it is CAST to
+    int32 first. TFLM has no int32
+    GATHER, so the tables are float32 (counts, and thresholds below 2^24, are exact; larger
+    ones are stored as two 16-bit halves)."""
     buckets = stage_buckets(stage)
+    shape = g.shape(acc)
+    in_float = g.tensors[acc][1] == np.float32 and buckets is not None and float_count(buckets)
+    if g.tensors[acc][1] == np.float32 and not in_float:
+        acc = g.op(Op.CAST, [acc], np.int32, shape, f"{tag}_acc_int")
     if buckets is None:
         return binary_search_count(g, acc, stage.thresholds, tag)
-    shape = g.shape(acc)
     c, nb = buckets.base.shape
-    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, np.int32))  # noqa: E731  (C,): the last axis
-    inside = g.op(Op.MAXIMUM, [acc, column("range_lo", buckets.lo)], np.int32, shape, f"{tag}_above_range_lo")
-    inside = g.op(Op.MINIMUM, [inside, column("range_hi", buckets.hi)], np.int32, shape, f"{tag}_in_range")
-    shifted = g.op(Op.ADD, [inside, column("minus_lo", -buckets.lo)], np.int32, shape, f"{tag}_above_lo")
-    bucket = g.op(Op.DIV, [shifted, column("bucket_width", np.int64(1) << buckets.shift)], np.int32, shape,
-                  f"{tag}_bucket")  # >= 0: truncation is floor
-    index = g.op(Op.ADD, [bucket, column("bucket_offset", nb * np.arange(c))], np.int32, shape, f"{tag}_bucket_index")
+    kind = np.float32 if in_float else np.int32
+    column = lambda name, v: g.const(f"{tag}_{name}", np.asarray(v, kind))  # noqa: E731  (C,): the last axis
+    inside = g.op(Op.MAXIMUM, [acc, column("range_lo", buckets.lo)], kind, shape, f"{tag}_above_range_lo")
+    inside = g.op(Op.MINIMUM, [inside, column("range_hi", buckets.hi)], kind, shape, f"{tag}_in_range")
+    shifted = g.op(Op.ADD, [inside, column("minus_lo", -buckets.lo)], kind, shape, f"{tag}_above_lo")
+    if in_float:  # x 2^-s exact; FLOOR of a value >= 0; the offset keeps it below 2^24
+        bucket = g.op(Op.MUL, [shifted, column("bucket_scale", np.ldexp(1.0, -buckets.shift.astype(np.int64)))],
+                      kind, shape, f"{tag}_bucket_scaled")
+        bucket = g.op(Op.FLOOR, [bucket], kind, shape, f"{tag}_bucket")
+    else:
+        bucket = g.op(Op.DIV, [shifted, column("bucket_width", np.int64(1) << buckets.shift)], kind, shape,
+                      f"{tag}_bucket")  # >= 0: truncation is floor
+    index = g.op(Op.ADD, [bucket, column("bucket_offset", nb * np.arange(c))], kind, shape, f"{tag}_bucket_offset")
+    if in_float:
+        index = g.op(Op.CAST, [index], np.int32, shape, f"{tag}_bucket_index")
 
-    def lookup(table: np.ndarray, name: str) -> int:
-        """table[index] as int32: one float32 GATHER, or hi = t >> 16 and lo = t & 0xFFFF when
-        some entry reaches 2^24, rebuilt as int32(hi) * 65536 + int32(lo)."""
+    def lookup(table: np.ndarray, name: str, as_float: bool = False) -> int:
+        """table[index] as int32 (as_float: the float32 GATHER itself, entries below 2^24):
+        one float32 GATHER, or hi = t >> 16 and lo = t & 0xFFFF when some entry reaches
+        2^24, rebuilt as int32(hi) * 65536 + int32(lo)."""
         halves = [("", table)] if np.abs(table).max() < FLOAT_EXACT_LIMIT else [("_hi", table >> 16),
                                                                                  ("_lo", table & 0xFFFF)]
         parts = []
         for half, values in halves:
             value = g.op(Op.GATHER, [g.const(f"{tag}_{name}{half}_table", values.reshape(-1).astype(np.float32)), index],
                          np.float32, shape, f"{tag}_{name}{half}_f32", Axis=0, BatchDims=0)
+            if as_float:
+                return value
             parts.append(g.op(Op.CAST, [value], np.int32, shape, f"{tag}_{name}{half}"))
         if len(parts) == 1:
             return parts[0]
         upper = g.op(Op.MUL, [parts[0], g.const(f"{tag}_{name}_65536", np.array([65536], np.int32))], np.int32, shape,
                      f"{tag}_{name}_upper")
         return g.op(Op.ADD, [upper, parts[1]], np.int32, shape, f"{tag}_{name}")
-    count = lookup(buckets.base, "bucket_base")
+    piles = range(buckets.values.shape[0])
+    base = buckets.base.astype(np.int64)
+    if in_float:  # a float32 a lies in [lo, hi]: a pile at or below lo is always passed, one above hi never
+        below = buckets.values <= buckets.lo[None, :]  # outside: T <= lo or T > hi
+        base, piles = base + (buckets.counts * below).sum(axis=0)[:, None], range(0)
+    count = lookup(base, "bucket_base")
     terms = []
     for m in range(buckets.candidates.shape[0]):  # INT32_MAX -> hi + 1: never passed by a clipped a either
-        candidate = lookup(np.minimum(buckets.candidates[m], buckets.hi[:, None] + 1), f"candidate{m}")
+        candidate = lookup(np.minimum(buckets.candidates[m], buckets.hi[:, None] + 1), f"candidate{m}", in_float)
         passed = g.op(Op.GREATER_EQUAL, [inside, candidate], np.bool_, shape, f"{tag}_ge{m}")
         terms.append(g.op(Op.CAST, [passed], np.int32, shape, f"{tag}_passed{m}"))
-    for k in range(buckets.values.shape[0]):  # the piles of thresholds outside the range
+    for k in piles:  # the piles of thresholds outside the range
         passed = g.op(Op.GREATER_EQUAL, [acc, column(f"outside{k}", buckets.values[k])], np.bool_, shape,
                       f"{tag}_ge_outside{k}")
         passed = g.op(Op.CAST, [passed], np.int32, shape, f"{tag}_passed_outside{k}")
-        terms.append(g.op(Op.MUL, [passed, column(f"outside{k}_count", buckets.counts[k])], np.int32, shape,
-                          f"{tag}_outside{k}"))
+        counts = g.const(f"{tag}_outside{k}_count", buckets.counts[k].astype(np.int32))
+        terms.append(g.op(Op.MUL, [passed, counts], np.int32, shape, f"{tag}_outside{k}"))
     for i, term in enumerate(terms):
         count = g.op(Op.ADD, [count, term], np.int32, shape, f"{tag}_count{i}")
     return count
@@ -424,7 +459,7 @@ def probe_tensors(spec) -> dict[str, str | tuple[str, str]]:
     out = {}
     for i, stage in enumerate(spec.stages):
         planes = len(digit_planes(stage.weights))
-        out[f"stage{i}.accumulator"] = f"s{i}_sum{planes - 1}" if planes > 1 else f"s{i}_planes_int"
+        out[f"stage{i}.accumulator"] = f"s{i}_sum{planes - 1}" if planes > 1 else f"s{i}_conv"
     return out
 
 
