@@ -4,15 +4,18 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
 (see shared EXACTNESS facts), and every op used exists in LiteRT, tflite-runtime and TFLM:
 - accumulators: uint8 -> DEQUANTIZE (scale 1) -> one float32 CONV_2D whose blocks of output
   channels are the base-16 digit planes of the weights, W = sum_i 16^i D_i, with each plane's
-  partial sums below 2^24 (so exact in any summation order, XNNPACK included) -> CAST int32
-  (exact integers) -> per block SLICE, MUL 16^i, ADD.
-  Patch convs (stride = kernel k): one SPACE_TO_DEPTH of the image by the gcd of their
-  patches (space_to_depth_block), then per group a CONV_2D with kernel and stride k / gcd
-  on it (data movement plus the same sums; faster on XNNPACK).
+  partial sums below 2^24 (so exact in any summation order, XNNPACK included) -> one plane:
+  that float32 output; else CAST int32 (exact integers) -> per block SLICE, MUL 16^i, ADD.
+  Patch convs (stride = kernel k): the uint8 image RESHAPEd to (1, H, W/L, 3L) first (no
+  data moves; TFLM takes uint8 only there), L pixels folded into one (fold_width: FRAPPE's
+  32 for every group), then DEQUANTIZE, and per group a CONV_2D with kernel (k, 1) and stride
+  (k, 1) whose outputs are the L/k patches of a fold side by side (block-diagonal weights),
+  RESHAPEd back to (1, H/k, W/k, outputs): the same sums, with no SPACE_TO_DEPTH copy and
+  the small groups' 3 or 6 outputs filling more of XNNPACK's 16-wide GEMM columns.
   A wrap-around border (WaLLoC) is SLICE + CONCATENATION of the float32 image first.
 - thresholds: a bucket table where its buckets hold at most BUCKET_COMPARES thresholds
   (integer_spec.ThresholdBuckets: a' = MAXIMUM/MINIMUM-clipped a, b = (a' - lo_c) / 2^s_c by
-  int32 DIV, count = base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range;
+  int32 DIV, or in float32 by 2^-s_c and FLOOR where the range allows (float_count), count = base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range;
   base and candidates GATHERed from float32 tables: exact below 2^24, larger thresholds as
   two 16-bit halves). Else
   an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
@@ -31,7 +34,6 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
 from __future__ import annotations
 
 import importlib
-import math
 
 import flatbuffers
 import numpy as np
@@ -48,8 +50,8 @@ OPTIONS = {  # builtin op -> its options table (fields passed to TfliteGraph.op)
     Op.CONV_2D: "Conv2D", Op.ADD: "Add", Op.MUL: "Mul", Op.DIV: "Div", Op.GATHER: "Gather",
     Op.CAST: "Cast", Op.GREATER_EQUAL: "GreaterEqual", Op.PAD: "Pad", Op.MAXIMUM: "MaximumMinimum",
     Op.MINIMUM: "MaximumMinimum", Op.DEQUANTIZE: "Dequantize", Op.QUANTIZE: "Quantize",
-    Op.SLICE: "Slice", Op.CONCATENATION: "Concatenation", Op.SPACE_TO_DEPTH: "SpaceToDepth",
-    Op.FLOOR: None,
+    Op.SLICE: "Slice", Op.CONCATENATION: "Concatenation",
+    Op.FLOOR: None, Op.RESHAPE: None,
 }
 
 
@@ -250,38 +252,58 @@ def is_patch_conv(stage) -> bool:
     return stage.stride == stage.weights.shape[-1] and not stage.pad and stage.border != "wrap"
 
 
-def space_to_depth_block(stages) -> int:
-    """The block of the one SPACE_TO_DEPTH the patch convs share (their gcd), or 0: worth it
-    from 16 on, or from 8 on when two or more patch convs share it (faster on XNNPACK than a
-    direct k x k stride-k CONV_2D; the image is copied once for all of them)."""
-    patches = [s.stride for s in stages if is_patch_conv(s)]
-    block = math.gcd(*patches) if patches else 0
-    return block if block >= 16 or (block >= 8 and len(patches) > 1) else 0
+FOLD_COLUMNS = 16  # outputs a fold may give: one 16-wide column block of XNNPACK's float32 GEMM
 
 
-def patch_conv(g: TfliteGraph, blocks: int, block: int, weights: np.ndarray, tag: str) -> int:
-    """The k x k stride-k conv as a CONV_2D of SPACE_TO_DEPTH(block) blocks (NHWC, channels in
-    (dy, dx, ch) order) with kernel and stride m = k / block: the same sums (1x1 when m = 1),
-    filter[o, U, V, (dy * block + dx) * 3 + ch] = W[o, ch, block * U + dy, block * V + dx]."""
-    n, h, w, depth = g.shape(blocks)
-    o, m = weights.shape[0], weights.shape[-1] // block
-    filt = weights.reshape(o, 3, m, block, m, block).transpose(0, 2, 4, 3, 5, 1).reshape(o, m, m, depth)
-    return g.op(Op.CONV_2D, [blocks, g.const(f"{tag}_filter", filt.astype(np.float32)),
-                             g.const(f"{tag}_bias", np.zeros(o, np.float32))], np.float32,
-                [n, h // m, w // m, o], f"{tag}_conv", Padding=tflite.Padding.VALID, StrideW=m, StrideH=m,
+def fold_width(stage, width: int, largest: int) -> int:
+    """Pixels L a patch-k group's image rows are folded by: the largest patch when its L/k
+    patches' outputs (C per digit plane) number at most FOLD_COLUMNS, else the widest k r
+    that does and divides the width (at least k itself)."""
+    k, outputs = stage.stride, stage.weights.shape[0] * len(digit_planes(stage.weights))
+    if largest % k == 0 and width % largest == 0 and largest // k * outputs <= FOLD_COLUMNS:
+        return largest
+    return k * max(r for r in range(1, FOLD_COLUMNS + 1) if width % (k * r) == 0 and (r == 1 or r * outputs <= FOLD_COLUMNS))
+
+
+def folded_image(g: TfliteGraph, image: int, fold: int) -> int:
+    """The uint8 (1, H, W, 3) image as float32 (1, H, W / fold, 3 fold): RESHAPE, then DEQUANTIZE."""
+    n, h, w, _ = g.shape(image)
+    shape = [n, h, w // fold, 3 * fold]
+    folded = g.op(Op.RESHAPE, [image, g.const(f"fold{fold}_shape", np.array(shape, np.int32))], np.uint8, shape,
+                  f"image_fold{fold}", zero_point=0)
+    return g.op(Op.DEQUANTIZE, [folded], np.float32, shape, f"image_f32_fold{fold}")
+
+
+def fold_conv(g: TfliteGraph, folded: int, fold: int, weights: np.ndarray, tag: str) -> int:
+    """The k x k stride-k conv of the image from its fold (folded_image): a CONV_2D with kernel
+    and stride (k, 1) and r = fold / k patches side by side, filter[p O + o, y, 0, 3 (p k + v) + ch]
+    = W[o, ch, y, v] (zero off the diagonal blocks), then RESHAPE (1, H/k, W/fold, r O) ->
+    (1, H/k, W/k, O): the outputs of patch j = r J + p are those of fold J's block p."""
+    n, h, w, depth = g.shape(folded)
+    o, k = weights.shape[0], weights.shape[-1]
+    r = fold // k
+    filt = np.zeros((r, o, k, 1, r, k, 3), np.float32)
+    for p in range(r):
+        filt[p, :, :, 0, p] = weights.transpose(0, 2, 3, 1)  # (o, y, v, ch)
+    sums = g.op(Op.CONV_2D, [folded, g.const(f"{tag}_filter", filt.reshape(r * o, k, 1, depth)),
+                             g.const(f"{tag}_bias", np.zeros(r * o, np.float32))], np.float32,
+                [n, h // k, w, r * o], f"{tag}_conv_folded", Padding=tflite.Padding.VALID, StrideW=1, StrideH=k,
                 DilationWFactor=1, DilationHFactor=1)
+    shape = [n, h // k, w * r, o]
+    return g.op(Op.RESHAPE, [sums, g.const(f"{tag}_conv_shape", np.array(shape, np.int32))], np.float32, shape,
+                f"{tag}_conv")
 
 
 def accumulate(g: TfliteGraph, x: int, weights: np.ndarray, stride: int, pad: int, tag: str,
-               blocks: tuple[int, int] | None = None) -> int:
+               folded: tuple[int, int] | None = None) -> int:
     """Exact accumulator sum W * x of float32 x holding uint8 values: the digit planes as blocks
     of output channels of one float32 CONV_2D (plane i in channels i*C .. i*C + C - 1), on
-    blocks = (SPACE_TO_DEPTH tensor, its block) for a patch conv; one plane: that float32
+    folded = (folded_image tensor, its fold) for a patch conv; one plane: that float32
     output itself (integers below 2^24), else CAST to int32, block i SLICEd, times 16^i, added."""
     c = weights.shape[0]
     planes = digit_planes(weights)
-    if blocks is not None:
-        sums = patch_conv(g, *blocks, np.concatenate(planes), tag)
+    if folded is not None:
+        sums = fold_conv(g, *folded, np.concatenate(planes), tag)
     else:
         sums = conv_float(g, x, np.concatenate(planes), np.zeros(len(planes) * c), stride, pad, tag)
     shape = g.shape(sums)
@@ -432,20 +454,22 @@ def narrow(g: TfliteGraph, value: int, offset: int, dtype, name: str) -> int:
 def threshold_conv_model(spec: ThresholdConvSpec, height: int, width: int, output_names: list[str]) -> bytes:
     g = TfliteGraph()
     image = g.tensor("image", np.uint8, [1, height, width, 3], zero_point=0)
-    x = g.op(Op.DEQUANTIZE, [image], np.float32, [1, height, width, 3], "image_f32")
     out_dtype = np.int8 if spec.out_dtype == "int8" else np.uint8
-    outputs = []
-    block = space_to_depth_block(spec.stages)
-    if block:
-        blocks = (g.op(Op.SPACE_TO_DEPTH, [x], np.float32, [1, height // block, width // block, 3 * block * block],
-                       "image_blocks", BlockSize=block), block)
+    outputs, folds, x = [], {}, None
+    largest = max((s.stride for s in spec.stages if is_patch_conv(s)), default=0)
     for i, (stage, name) in enumerate(zip(spec.stages, output_names)):
         tag = f"s{i}"
-        if stage.border == "wrap":
-            acc = accumulate(g, wrap_pad(g, x, stage.pad, tag), stage.weights, stage.stride, 0, tag)
+        if is_patch_conv(stage):
+            fold = fold_width(stage, width, largest)
+            if fold not in folds:
+                folds[fold] = folded_image(g, image, fold)
+            acc = accumulate(g, None, stage.weights, stage.stride, 0, tag, (folds[fold], fold))
         else:
-            acc = accumulate(g, x, stage.weights, stage.stride, stage.pad, tag,
-                             blocks if block and is_patch_conv(stage) else None)
+            if x is None:
+                x = g.op(Op.DEQUANTIZE, [image], np.float32, [1, height, width, 3], "image_f32")
+            wrap = stage.border == "wrap"
+            acc = accumulate(g, wrap_pad(g, x, stage.pad, tag) if wrap else x, stage.weights, stage.stride,
+                             0 if wrap else stage.pad, tag)
         count = count_thresholds(g, acc, stage, tag)
         outputs.append(narrow(g, count, spec.base, out_dtype, name))
     return g.serialize([image], outputs, spec.kind)
