@@ -15,7 +15,8 @@ Layout is NHWC: input (1, H, W, 3) uint8, outputs (1, h, w, C). Only exact forms
   A wrap-around border (WaLLoC) is SLICE + CONCATENATION of the float32 image first.
 - thresholds: a bucket table where its buckets hold at most BUCKET_COMPARES thresholds
   (integer_spec.ThresholdBuckets: a' = MAXIMUM/MINIMUM-clipped a, b = (a' - lo_c) / 2^s_c by
-  int32 DIV, or in float32 by 2^-s_c and FLOOR where the range allows (float_count), count = base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range;
+  int32 DIV, or in float32 by 2^-s_c and FLOOR where the range allows (float_count),
+  count = base[c, b] + sum_m (a' >= cand[m, c, b]) + the piles outside the range;
   base and candidates GATHERed from float32 tables: exact below 2^24, larger thresholds as
   two 16-bit halves). Else
   an 8-step binary search, count = #{j : a >= T[c, j]}. T is padded to 256
@@ -262,7 +263,8 @@ def fold_width(stage, width: int, largest: int) -> int:
     k, outputs = stage.stride, stage.weights.shape[0] * len(digit_planes(stage.weights))
     if largest % k == 0 and width % largest == 0 and largest // k * outputs <= FOLD_COLUMNS:
         return largest
-    return k * max(r for r in range(1, FOLD_COLUMNS + 1) if width % (k * r) == 0 and (r == 1 or r * outputs <= FOLD_COLUMNS))
+    return k * max(r for r in range(1, FOLD_COLUMNS + 1)
+                   if width % (k * r) == 0 and (r == 1 or r * outputs <= FOLD_COLUMNS))
 
 
 def folded_image(g: TfliteGraph, image: int, fold: int) -> int:
@@ -340,9 +342,8 @@ def count_thresholds(g: TfliteGraph, acc: int, stage, tag: str) -> int:
     through the bucket index and the compares (XNNPACK's kernels instead of int32 broadcasting
     ones), exact for every a in the stage's accumulator range [lo, hi] (all a one-plane conv
     can give), the piles outside the range folded into the base table; else it is CAST to
-    int32 first. TFLM has no int32
-    GATHER, so the tables are float32 (counts, and thresholds below 2^24, are exact; larger
-    ones are stored as two 16-bit halves)."""
+    int32 first. TFLM has no int32 GATHER, so the tables are float32 (counts, and thresholds
+    below 2^24, are exact; larger ones are stored as two 16-bit halves)."""
     buckets = stage_buckets(stage)
     shape = g.shape(acc)
     in_float = g.tensors[acc][1] == np.float32 and buckets is not None and float_count(buckets)

@@ -33,7 +33,7 @@ typedef void (*add_patches_fn)(int32_t *acc, const uint8_t *x, int count, int st
                                const otl_group *grp);
 
 #ifndef OTL_BAND_ROWS
-#define OTL_BAND_ROWS 8  /* otl_push_rows: 8 rows of 1920 pixels, 46 KB: in L1 for the next group */
+#define OTL_BAND_ROWS 8  /* otl_push_rows: 8 rows of 1920 pixels, 46 KB, still in cache for the next group */
 #endif
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
@@ -393,8 +393,8 @@ static OTL_AVX512 void count_row_buckets_avx512(int8_t *out, const int32_t *a, i
  * bytes of one kernel row of P patches, straight from the row: x + P step i, one chunk of
  * `amx_width` bytes) by a tile of s8 weights (weights_amx: width / 4 rows of four values by P C
  * columns) into 16 rows of P C int32: the accumulators acc[P i + p][c] themselves, loaded and
- * stored as a tile (stride 4 P C). Weights of
- * more than 8 bits take one TDPBUSD per digit plane. Three tiles of patches go at once (three
+ * stored as a tile (stride 4 P C). Weights of more than 8 bits take one TDPBUSD per digit
+ * plane. Three tiles of patches go at once (three
  * independent chains, hiding TDPBUSD's latency): tiles 0-2 their accumulators, 3-5 their
  * bytes of one chunk, 6 and 7 the weights, loaded once per call when a kernel row has at most
  * two (chunk, plane) tiles, else as they are used (each load serving three TDPBUSD). */

@@ -88,15 +88,18 @@ static const char *raw(const char *in_path, const char *part) {
     uint8_t *rgb = NULL, *out = NULL, *work = NULL;
     int width = 0, height = 0;
     const char *error = read_frame(in_path, &width, &height, &rgb);
-    FILE *f;
+    FILE *f = NULL;
     if (!error) {
         out = (uint8_t *)malloc(otl_latent_bytes(width, height));
         work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
         error = encode_frame(rgb, width, height, out, work);
     }
     if (!error && !(f = fopen(part, "wb"))) error = "cannot create the output";
-    else if (!error && (fwrite(out, 1, otl_latent_bytes(width, height), f) != otl_latent_bytes(width, height)) + fclose(f))
-        error = "cannot write the output";
+    if (!error) {
+        const size_t bytes = otl_latent_bytes(width, height);
+        const int short_write = fwrite(out, 1, bytes, f) != bytes;
+        if (fclose(f) || short_write) error = "cannot write the output";
+    }
     free(rgb);
     free(out);
     free(work);
