@@ -50,6 +50,13 @@ static const char *read_frame(const char *path, int *width, int *height, uint8_t
     return error;
 }
 
+/* The raw output (otl_latent_bytes) and work memory (otl_work_bytes, raw) for a frame: malloc'd,
+ * NULL where that fails (encode_frame says so). */
+static void frame_buffers(int width, int height, uint8_t **out, uint8_t **work) {
+    *out = (uint8_t *)malloc(otl_latent_bytes(width, height));
+    *work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
+}
+
 /* Raw latents of the frame in memory, all rows in one otl_push_rows call (otl_encode_raw),
  * into out (otl_latent_bytes), with work (otl_work_bytes, raw). */
 static const char *encode_frame(const uint8_t *rgb, int width, int height, uint8_t *out, uint8_t *work) {
@@ -63,10 +70,7 @@ static int bench(int repeats, const char *path) {
     int width = 0, height = 0, i;
     double seconds = 0;
     const char *error = read_frame(path, &width, &height, &rgb);
-    if (!error) {
-        out = (uint8_t *)malloc(otl_latent_bytes(width, height));
-        work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
-    }
+    if (!error) frame_buffers(width, height, &out, &work);
     for (i = 0; i < repeats && !error; i++) {  /* the fastest frame: the least disturbed by other work */
         const clock_t start = clock();
         double frame;
@@ -90,8 +94,7 @@ static const char *raw(const char *in_path, const char *part) {
     const char *error = read_frame(in_path, &width, &height, &rgb);
     FILE *f = NULL;
     if (!error) {
-        out = (uint8_t *)malloc(otl_latent_bytes(width, height));
-        work = (uint8_t *)malloc(otl_work_bytes(width, height, 0));
+        frame_buffers(width, height, &out, &work);
         error = encode_frame(rgb, width, height, out, work);
     }
     if (!error && !(f = fopen(part, "wb"))) error = "cannot create the output";
