@@ -119,11 +119,12 @@ def test_thresholds_exhaustive_at_boundaries():
 @pytest.mark.parametrize("form", ["float-parts", "overlapping-parts", "conv-integer", "two-level"])
 def test_onnx_forms(form):
     """Each accumulator and count form of the ONNX writer on ORT against the reference: the
-    default (32x32 patches in two parts of kernel rows: one float32 Conv with a block of
-    output channels per part; bucket count); a 32x32 kernel at stride 16 with a zero border
-    (one Conv per part on the rows it reads); 12-bit weights on 32x32 patches (one kernel
-    row's bound above 2^24: ConvInteger on weight digits); thresholds packed closer than any
-    bucket table resolves (the two-level count)."""
+    default (32x32 patches in two parts of kernel rows, a block of output channels per part,
+    merged with the 16x16 group's 4 patches per window into one float32 Conv, the 8x8 group
+    alone; bucket count); a 32x32 kernel at stride 16 with a zero border (one Conv per part
+    on the rows it reads; the 16x16 and 8x8 groups merged); 12-bit weights on 32x32 patches
+    (one kernel row's bound above 2^24: ConvInteger on weight digits; the others merged);
+    thresholds packed closer than any bucket table resolves (the two-level count)."""
     import dataclasses
 
     import onnxruntime as ort
@@ -146,8 +147,9 @@ def test_onnx_forms(form):
     spec = dataclasses.replace(spec, stages=[stage, *spec.stages[1:]])
     data = build(spec, "onnx", 64, 96)
     nodes = [n.op_type for n in onnx.load_from_string(data).graph.node]
-    assert nodes.count("Conv") == {"overlapping-parts": 4, "conv-integer": 2}.get(form, 3)
+    assert nodes.count("Conv") == {"overlapping-parts": 3, "conv-integer": 1}.get(form, 2)
     ops = set(nodes)
+    assert "DepthToSpace" in ops
     assert {"float-parts": "GatherElements", "overlapping-parts": "Pad", "conv-integer": "ConvInteger",
             "two-level": "ReduceSum"}[form] in ops
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
