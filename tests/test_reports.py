@@ -163,9 +163,12 @@ def test_threshold_and_weight_localised_in_interpreters(folders, tmp_path, kind)
             assert d["probed"] is True
     path = only(folders / "enc", tmp_path / "w", file)
     if kind == "onnx":
-        weights = next(n for n in ("s0_weights_f32", "s0_weights_u8", "s0_weights_lo_u8")
-                       if n in {i.name for i in onnx.load(str(path)).graph.initializer})
-        edit_onnx(path, weights, lambda a: a.__setitem__((0, 0, 0, 0), a[0, 0, 0, 0] + 1))
+        inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+        if "s0_merged_start" in inits:  # stage 0 shares the merged Conv: its block starts at that channel
+            weights, row = "merged_weights_f32", int(numpy_helper.to_array(inits["s0_merged_start"])[0])
+        else:
+            weights, row = next(n for n in ("s0_weights_f32", "s0_weights_u8", "s0_weights_lo_u8") if n in inits), 0
+        edit_onnx(path, weights, lambda a: a.__setitem__((row, 0, 0, 0), a[row, 0, 0, 0] + 1))
     else:
         edit_tflite(path, "s0_filter", lambda a: a.__setitem__(0, a[0] + 1))  # plane 0, W[0, 0, 0, 0]
     for r in verify(path.parent, backends=backends[:2], **QUIET).results:
