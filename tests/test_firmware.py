@@ -84,7 +84,8 @@ def test_amx_weight_tiles_hold_the_weights():
     """The AMX layout: int8 digit planes that add up to the weights (9 bits: 3 planes, 12 bits:
     17), P patches side by side (block-diagonal columns p C + c), E = 3KP rounded up to 4 in
     ceil(E / 64) tiles of E / chunks rounded up to 4 bytes, chunk q from value min(q width,
-    E - width), each value of kernel row u in exactly one tile."""
+    E - width), each value of kernel row u in exactly one tile; weights in [-256, 255] whose
+    two planes fit 16 columns as one tile of 2 P C columns, W = lo + 2 hi, lo = W mod 2."""
     from otterlite.firmware_sim.codegen import amx_layout, digit_planes
     rng = np.random.default_rng(3)
     for lo, hi, planes in [(-128, 127, 1), (-255, 255, 3), (-256, 254, 2), (-2047, 2047, 17)]:
@@ -94,22 +95,30 @@ def test_amx_weight_tiles_hold_the_weights():
             split = digit_planes(w)
             assert len(split) == planes and (split.sum(axis=0) == w).all()
             assert split.min() >= -128 and split.max() <= 127
-            layout, width, p = amx_layout(w)
-            assert p == patches and p * channels <= 16
+            layout, width, p, columns = amx_layout(w)
+            pc = p * channels
+            stacked = planes > 1 and 2 * pc <= 16 and hi <= 255
+            assert p == patches and pc <= 16 and columns == (2 * pc if stacked else pc)
+            assert layout.shape[1] == (1 if stacked else planes) and layout.shape[4] == columns
+            assert layout.min() >= -128 and layout.max() <= 127
             end = -(-3 * k * p // 4) * 4
             chunks = -(-end // 64)
             assert width == -(-end // (4 * chunks)) * 4 <= 64 and layout.shape[2:4] == (chunks, width // 4)
-            values = np.zeros((k, planes, p * channels, end), np.int64)  # [u][plane][column][t]
+            values = np.zeros((k, layout.shape[1], columns, end), np.int64)  # [u][plane][column][t]
             for q in range(layout.shape[2]):
                 start = min(width * q, end - width)
-                tile = layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, planes, p * channels, width)
+                tile = layout[:, :, q].transpose(0, 1, 3, 2, 4).reshape(k, layout.shape[1], columns, width)
                 assert not tile[..., :width * q - start].any()  # no value twice: the overlap of the last tile is zero
                 values[..., start:start + width] += tile
-            want = np.zeros_like(values[:, 0])
+            want = np.zeros((k, pc, end), np.int64)
             for i in range(p):  # patch i's weights in its columns and values only
                 want[:, channels * i:channels * (i + 1), 3 * k * i:3 * k * (i + 1)] = \
                     w.transpose(2, 0, 3, 1).reshape(k, channels, 3 * k)
-            assert (values.sum(axis=1) == want).all()
+            if stacked:  # lo in columns 0 .. PC - 1 (0 or 1), hi beside them
+                assert set(np.unique(values[:, 0, :pc])) <= {0, 1}
+                assert (values[:, 0, :pc] + 2 * values[:, 0, pc:] == want).all()
+            else:
+                assert (values.sum(axis=1) == want).all()
 
 
 @pytest.mark.parametrize("defines", KERNELS)
@@ -132,8 +141,8 @@ def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
 @pytest.mark.parametrize("bits", [12, 9])
 def test_published_checkpoint_with_wide_weights_and_patch_4(tmp_path, odd_photo, bits):
     """Six patch sizes down to 4 (dot products of other lengths than 24/48/96) and 12-bit
-    weights (17 digit planes: no AMX layout) or 9-bit ones (3 planes: the AMX kernel loads
-    the weight tiles as it uses them)."""
+    weights (17 digit planes: no AMX layout) or 9-bit ones (on AMX both planes W = lo + 2 hi
+    side by side in one tile's columns; WaLLoC's 12 channels keep one TDPBUSD per plane)."""
     frappe_dir = published.write_frappe(tmp_path / "f", snapshots=[6], realistic=True)
     assert main(["export", "frappe-encoder", "-o", str(tmp_path / "m"), "--checkpoint", str(frappe_dir),
                  "--n-ch", "6", "--weight-bits", str(bits), "--input-size", "64x64"]) == 0

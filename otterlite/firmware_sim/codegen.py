@@ -10,7 +10,8 @@ the operand order of a 16-bit multiply-add (otl_encoder.c). Groups with 8-bit we
 get weights8[u][b][q][l][i] = the same with t = 4q + i, int8: four values per lane, the
 operand order of the u8 x s8 dot product (VPDPBUSD); on Linux x86 groups of at most 16
 channels also get weights_amx (amx_layout: TDPBUSD weight tiles, one per chunk of at most 64
-values of a kernel row and int8 digit plane of the weights). Arm DSP builds take instead
+values of a kernel row and int8 digit plane of the weights, or both planes of 9-bit weights
+side by side in one tile's columns). Arm DSP builds take instead
 weights_dsp[u][trio][q][l][(0, 2, 1, 3)]: three channels per block, four values per quad
 paired as UXTB16 pairs the bytes (dsp_layout). Each build compiles only the layouts its
 kernels read (OTL_DSP_WEIGHTS, OTL_BYTES_WEIGHTS, OTL_AMX_WEIGHTS in otl_encoder.h). The threshold count is
@@ -198,28 +199,41 @@ def amx_patches(channels: int, k: int) -> int:
     return 1 if (3 * k) % 4 or 6 * k > 64 else max(1, min(64 // (3 * k), AMX_MAX_CHANNELS // channels))
 
 
-def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """W[c, ch, u, v] -> ([u][plane][chunk][row][column][i] int8, width, patches) for TDPBUSD,
-    with `patches` (amx_patches) P side by side: a tile row is P patch rows (3KP values), column
-    p C + c patch p's channel c, block-diagonal. E = 3KP rounded up to 4 takes ceil(E / 64)
-    chunks of one tile each, `width` = E / chunks rounded up to 4 bytes wide (96: two of 48);
-    chunk q starts at value s_q = min(q width, E - width) and holds value t = s_q + 4 row + i,
-    zero past 3KP and below q width (values an earlier chunk holds)."""
+def amx_layout(weights: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """W[c, ch, u, v] -> ([u][plane][chunk][row][column][i] int8, width, patches, columns) for
+    TDPBUSD, with `patches` (amx_patches) P side by side: a tile row is P patch rows (3KP
+    values), column p C + c patch p's channel c, block-diagonal. E = 3KP rounded up to 4 takes
+    ceil(E / 64) chunks of one tile each, `width` = E / chunks rounded up to 4 bytes wide (96:
+    two of 48); chunk q starts at value s_q = min(q width, E - width) and holds value
+    t = s_q + 4 row + i, zero past 3KP and below q width (values an earlier chunk holds).
+    Weights that fit one int8 plane: one plane, columns = P C. Weights in [-256, 255] whose
+    two planes fit 16 columns (the 8x8 group's 9 bits, P = 2, C = 3): one plane of 2 P C
+    columns, W = lo + 2 hi with lo = W mod 2 in columns 0 .. PC - 1 and hi in PC .. 2PC - 1
+    (one TDPBUSD for both; the kernel combines the columns). Else the digit_planes, one
+    TDPBUSD each, columns = P C."""
     c, _, k, _ = weights.shape
     patches = amx_patches(c, k)
     end = -(-3 * k * patches // 4) * 4
     chunks = -(-end // 64)
     width = -(-end // (4 * chunks)) * 4
     planes = digit_planes(weights)
+    stacked = len(planes) > 1 and 2 * patches * c <= AMX_MAX_CHANNELS and -256 <= weights.min() and weights.max() <= 255
+    if stacked:
+        lo = np.mod(weights.astype(np.int64), 2)
+        planes = np.stack([lo, (weights - lo) // 2])
     values = planes.transpose(3, 0, 4, 2, 1).reshape(k, len(planes), 3 * k, c)  # [u][p][3v + ch][c]
     rows = np.zeros((k, len(planes), end, patches * c), np.int64)
     for p in range(patches):
         rows[:, :, 3 * k * p:3 * k * (p + 1), c * p:c * (p + 1)] = values
-    tiles = np.zeros((k, len(planes), chunks, width, patches * c), np.int64)
+    if stacked:  # plane j in columns j P C + p C + c of one tile
+        rows = rows.transpose(0, 2, 1, 3).reshape(k, 1, end, 2 * patches * c)
+    columns = rows.shape[-1]
+    tiles = np.zeros((k, rows.shape[1], chunks, width, columns), np.int64)
     for q in range(chunks):
         start = min(width * q, end - width)
         tiles[:, :, q, width * q - start:] = rows[:, :, width * q:start + width]
-    return tiles.reshape(k, len(planes), chunks, width // 4, 4, patches * c).transpose(0, 1, 2, 3, 5, 4), width, patches
+    tiles = tiles.reshape(k, rows.shape[1], chunks, width // 4, 4, columns).transpose(0, 1, 2, 3, 5, 4)
+    return tiles, width, patches, columns
 
 
 def group_arrays(g: int, stage) -> tuple[list[str], str]:
@@ -250,17 +264,17 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         quads, bytes_weights = quad.shape[2], f"OTL_BYTES(group{g}_weights8)"
         lines += ["#if OTL_BYTES_WEIGHTS", f"static const int8_t group{g}_weights8[{quad.size}] = {{", c_array(quad),
                   "};", "#endif", ""]
-    amx, width, patches = amx_layout(stage.weights)
+    amx, width, patches, columns = amx_layout(stage.weights)
     amx_weights = "NULL"
     if c > AMX_MAX_CHANNELS or amx.shape[1] > AMX_MAX_PLANES:
-        amx, width, patches = np.zeros((0, 0, 0)), 0, 0  # no AMX layout: the group stays on the vector kernels
+        amx, width, patches, columns = np.zeros((0, 0, 0)), 0, 0, 0  # no AMX layout: the vector kernels
     else:
         amx_weights = f"OTL_AMX(group{g}_weights_amx)"
         lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
                   "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
                    f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, "
-                   f"{amx.shape[1]}, {amx.shape[2]}, {width}, {patches}, {amx_weights}, {trios}, {dsp_quads}, "
+                   f"{amx.shape[1]}, {amx.shape[2]}, {width}, {patches}, {columns}, {amx_weights}, {trios}, {dsp_quads}, "
                    f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
 

@@ -394,7 +394,8 @@ static OTL_AVX512 void count_row_buckets_avx512(int8_t *out, const int32_t *a, i
  * `amx_width` bytes) by a tile of s8 weights (weights_amx: width / 4 rows of four values by P C
  * columns) into 16 rows of P C int32: the accumulators acc[P i + p][c] themselves, loaded and
  * stored as a tile (stride 4 P C). Weights of more than 8 bits take one TDPBUSD per digit
- * plane. Three tiles of patches go at once (three
+ * plane, or (amx_columns = 2 P C) one TDPBUSD into 2 P C columns lo, hi, from zero, stored to
+ * a scratch and added as acc += lo + 2 hi. Three tiles of patches go at once (three
  * independent chains, hiding TDPBUSD's latency): tiles 0-2 their accumulators, 3-5 their
  * bytes of one chunk, 6 and 7 the weights, loaded once per call when a kernel row has at most
  * two (chunk, plane) tiles, else as they are used (each load serving three TDPBUSD). */
@@ -406,7 +407,7 @@ typedef struct {
 
 static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
     otl_tile_config cfg;
-    const int c = grp->channels * grp->amx_patches, width = grp->amx_width;  /* columns */
+    const int c = grp->amx_columns, width = grp->amx_width;
     int t;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -429,17 +430,25 @@ static OTL_AMX OTL_INLINE void amx_configure(const otl_group *grp) {
 
 /* acc[i][c] += kernel rows u .. u + rows - 1 for n (1..3) tiles of 16 P patches, from the
  * image rows x + row_bytes * r (see above): the accumulators stay in their tiles across the
- * rows (zero: n = 1 and the tile starts at 0 instead of acc, which it is stored to). */
+ * rows (zero: n = 1 and the tile starts at 0 instead of acc, which it is stored to; with the
+ * planes in columns the tiles start at 0 and acc gets (zero ? 0 : acc) + lo + 2 hi). */
 static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, int step, size_t row_bytes, int rows,
                                          const int8_t *w, const otl_group *grp, int resident, int zero) {
-    const int c = grp->channels * grp->amx_patches, chunks = grp->amx_chunks, planes = grp->amx_planes;
+    const int c = grp->amx_columns, pc = grp->channels * grp->amx_patches, stacked = c > pc;
+    const int chunks = grp->amx_chunks, planes = grp->amx_planes;
     const int width = grp->amx_width, end = (3 * grp->kernel * grp->amx_patches + 3) / 4 * 4;
     const long stride = 4L * c, tile = (long)width * c;  /* weight bytes: a tile row, a tile */
-    int r, q, p;
-    if (zero) _tile_zero(0);
-    else _tile_loadd(0, acc, stride);
-    if (n > 1) _tile_loadd(1, acc + 16 * c, stride);
-    if (n > 2) _tile_loadd(2, acc + 32 * c, stride);
+    int32_t sums[3 * 16 * 16];  /* stacked: the n tiles' lo and hi columns */
+    int r, q, p, i, j;
+    if (zero || stacked) {
+        _tile_zero(0);
+        if (n > 1) _tile_zero(1);
+        if (n > 2) _tile_zero(2);
+    } else {
+        _tile_loadd(0, acc, stride);
+        if (n > 1) _tile_loadd(1, acc + 16 * c, stride);
+        if (n > 2) _tile_loadd(2, acc + 32 * c, stride);
+    }
     for (r = 0; r < rows; r++, x += row_bytes, w += planes * chunks * tile) {
         for (q = 0; q < chunks; q++) {
             const uint8_t *xq = x + (width * q < end - width ? width * q : end - width);
@@ -458,9 +467,18 @@ static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, 
             }
         }
     }
-    _tile_stored(0, acc, stride);
-    if (n > 1) _tile_stored(1, acc + 16 * c, stride);
-    if (n > 2) _tile_stored(2, acc + 32 * c, stride);
+    if (!stacked) {
+        _tile_stored(0, acc, stride);
+        if (n > 1) _tile_stored(1, acc + 16 * c, stride);
+        if (n > 2) _tile_stored(2, acc + 32 * c, stride);
+        return;
+    }
+    _tile_stored(0, sums, stride);
+    if (n > 1) _tile_stored(1, sums + 16 * c, stride);
+    if (n > 2) _tile_stored(2, sums + 32 * c, stride);
+    OTL_MEMORY_BARRIER();  /* the tile stores wrote sums */
+    for (i = 0; i < 16 * n; i++, acc += pc)
+        for (j = 0; j < pc; j++) acc[j] = (zero ? 0 : acc[j]) + sums[i * c + j] + 2 * sums[i * c + pc + j];
 }
 
 /* acc[i][c] += kernel rows u .. u + rows - 1 over `count` >= 16 P patches x + step * i of the
@@ -469,14 +487,14 @@ static OTL_AMX OTL_INLINE void amx_tiles(int n, int32_t *acc, const uint8_t *x, 
  * added; configures the tiles for the group on entry and releases them on return. */
 static OTL_AMX void add_patches_amx(int32_t *acc, const uint8_t *x, int count, int step, size_t row_bytes, int rows,
                                     const int8_t *w, const otl_group *grp) {
-    const int patches = grp->amx_patches, c = grp->channels * patches, chunks = grp->amx_chunks;
+    const int patches = grp->amx_patches, c = grp->channels * patches, chunks = grp->amx_chunks;  /* c: acc columns */
     const int resident = rows == 1 && chunks * grp->amx_planes <= 2, tiles = count / (16 * patches);
     const int tail = count - 16 * patches * tiles;  /* patches past the whole tiles */
     int32_t last[16 * 16];
     int t, i;
     amx_configure(grp);
     if (resident) {  /* (chunk, plane) tile j in tile 6 + j */
-        const long stride = 4L * c, tile = (long)grp->amx_width * c;
+        const long stride = 4L * grp->amx_columns, tile = (long)grp->amx_width * grp->amx_columns;
         _tile_loadd(6, w, stride);
         if (chunks * grp->amx_planes == 2) _tile_loadd(7, w + tile, stride);
     }
@@ -689,7 +707,7 @@ static void add_rows(const otl_group *grp, int u, int rows, size_t row_bytes, in
     if (amx_kernel(grp) && count >= 16 * grp->amx_patches) {
         add_patches_amx(acc, x, count, step, row_bytes, rows,
                         grp->weights_amx + (size_t)u * (size_t)(grp->amx_planes * grp->amx_chunks * grp->amx_width *
-                                                                grp->channels * grp->amx_patches),
+                                                                grp->amx_columns),
                         grp);
         return;
     }

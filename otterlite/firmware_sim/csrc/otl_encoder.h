@@ -93,14 +93,17 @@ typedef struct {
     int quads;               /* ceil(3K / 16) * 4: quads of values per kernel row (weights8) */
     const int8_t *weights8;  /* OTL_BYTES_WEIGHTS builds, 8-bit weights (else NULL): [K][blocks][quads][4][4]
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
-    int amx_planes;          /* int8 digit planes that add up to the weights (0: no AMX layout) */
+    int amx_planes;          /* weight tiles per chunk, one TDPBUSD each: int8 digit planes that add up to the
+                                weights, or 1 with both planes in its columns (0: no AMX layout) */
     int amx_chunks;          /* ceil(E / 64), E = 3KP rounded up to 4: tiles of one kernel row */
     int amx_width;           /* bytes of each tile, E / chunks rounded up to 4; chunk q starts at min(q width, E - width) */
     int amx_patches;         /* P: patches side by side in a tile row (columns p C + c) */
+    int amx_columns;         /* int32 columns of a tile: P C, or 2 P C where W = lo + 2 hi (lo = W mod 2) puts
+                                lo in columns p C + c and hi in P C + p C + c (9-bit weights, one TDPBUSD) */
     const int8_t *weights_amx;  /* OTL_AMX_WEIGHTS builds, C <= 16 and at most 4 planes (else NULL):
-                                [K][planes][chunks][width / 4][P C][4] = plane of W[u][c][start + 4 row + i
-                                - 3K p] in column p C + c, 0 elsewhere: each chunk a TDPBUSD weight tile
-                                (row = four values, column = patch and channel) */
+                                [K][planes][chunks][width / 4][columns][4] = plane of W[u][c][start + 4 row + i
+                                - 3K p] in column p C + c (+ P C: hi), 0 elsewhere: each chunk a TDPBUSD weight
+                                tile (row = four values, column = plane, patch and channel) */
     int trios;               /* ceil(C / 3): blocks of three channels (weights_dsp) */
     int dsp_quads;           /* ceil(3K / 4): quads of values per kernel row (weights_dsp) */
     const uint64_t *weights_dsp;  /* OTL_DSP_WEIGHTS builds (else NULL): [K][trios][dsp_quads][3], per lane
