@@ -44,13 +44,19 @@ def test_streaming_and_frame_match_reference_on_odd_sizes(specs, photo, size):
         np.testing.assert_array_equal(a, c)
 
 
-def test_blas_products_exact_at_the_accumulator_extremes(rng):
+@pytest.mark.parametrize("small_product", [None, 5000])
+def test_blas_products_exact_at_the_accumulator_extremes(rng, monkeypatch, small_product):
     """12-bit weights at patch 32 (the patch's bound 255 * 3072 * 2047 is above 2^24: float32
     over parts of it), 8-bit at patch 8 (one float32 product) and at patch 16 one weight whose
     bound alone is above 2^24 (float64), on frames that drive every accumulator to its
-    extremes, with thresholds at those extremes: frame and streaming equal the int64 reference."""
+    extremes, with thresholds at those extremes: frame and streaming equal the int64 reference.
+    small_product 5000: the frame's products in blocks of rows (at 1080p the default splits them)."""
     from otterlite.integer_spec.types import ConvStage, ThresholdConvSpec
+    from otterlite.runtime import encoder
     from otterlite.runtime.encoder import FrameEncoder, frame_accumulators
+
+    if small_product:
+        monkeypatch.setattr(encoder, "SMALL_PRODUCT", small_product)
 
     stages = []
     for k, peak, first in ((32, 2047, 0), (8, 127, 3), (16, 127, 6)):
