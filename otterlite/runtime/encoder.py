@@ -48,6 +48,22 @@ def count_levels(thresholds: np.ndarray, acc: np.ndarray, base: int = -127) -> n
     return out
 
 
+class ChannelSearch:
+    """count_levels for (C, n) int32 accumulator rows in one searchsorted over all channels:
+    T[c, t] + c 2^33 (int64) ascends across channels (|T|, |a| < 2^31), so
+    #{t : a_c >= T[c, t]} = searchsorted(that, a_c + c 2^33, right) - c L."""
+
+    def __init__(self, thresholds: np.ndarray):
+        c, levels = thresholds.shape
+        self.offset = (np.arange(c, dtype=np.int64) << 33)[:, None]
+        self.flat = (thresholds.astype(np.int64) + self.offset).ravel()
+        self.first = (levels * np.arange(c, dtype=np.int64))[:, None]
+
+    def count(self, acc: np.ndarray, base: int = -127) -> np.ndarray:
+        """(C, n) accumulators -> (C, n) int8 base + #{t : acc >= T[c, t]}."""
+        return (np.searchsorted(self.flat, acc + self.offset, side="right") - self.first + base).astype(np.int8)
+
+
 def kernel_rows(stage) -> np.ndarray:
     """W[c, ch, u, v] -> (K, 3K, C) int64: per kernel row u its (3K, C) weights in (ch, v)
     order, the order of a window of wrapped pixels (3, K) flattened."""
@@ -105,11 +121,11 @@ class PatchGroup:
         phases = w.transpose(2, 0, 4, 3, 5, 1).reshape(self.k // band, self.channels, 3 * self.k * band)
         self.exact32 = all(exact_parts(np.maximum(m, 0).T, np.minimum(m, 0).T) == [(0, m.shape[1])] for m in phases)
         self.weights = np.ascontiguousarray(phases, np.float32 if self.exact32 else np.float64)
-        self.thresholds = np.ascontiguousarray(stage.thresholds.astype(np.int64))
+        self.search = ChannelSearch(stage.thresholds)
 
     def count(self, acc: np.ndarray) -> np.ndarray:
-        """(..., C) accumulators -> (C, ...) int8 latents -127 + #{t : acc >= T[c, t]}."""
-        return count_levels(self.thresholds, acc)
+        """(C, n) accumulators -> (C, n) int8 latents -127 + #{t : acc >= T[c, t]}."""
+        return self.search.count(acc)
 
 
 class RowEncoder:
@@ -319,7 +335,7 @@ class StreamingEncoder(RowEncoder):
             if r % g.k == g.k - 1:
                 if self.traced is not None:
                     self.traced[gi][:, r // g.k] = acc
-                done.append((gi, r // g.k, g.count(acc.T)))
+                done.append((gi, r // g.k, g.count(acc)))
                 acc[:] = 0
         return done
 
