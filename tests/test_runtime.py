@@ -195,6 +195,7 @@ def test_consumer_matches_reference(specs, photo, monkeypatch):
     from otterlite.runtime import consumer as module
 
     monkeypatch.setattr(module, "BAND_PIXELS", 40 * 128)  # 96 rows: bands of 40, 40 and 16
+    monkeypatch.setattr(module, "LOOKUP_PIXELS", 5000)  # the table lookup in 3 pieces, the last short
     _, _, spec = specs
     bundle, ckpt = load_seaotter()
     codec = np.ascontiguousarray(photo[:96, :128])

@@ -185,8 +185,10 @@ def test_lite_install_encodes_and_decodes_with_numpy_and_pillow_only(models, sta
 def test_c_consumer_decodes_like_numpy(tmp_path, photo, defines):
     """The generated C inverse linked with libjpeg (--runtime c) against the numpy consumer
     (Pillow's raw components, the 2^24-entry table): the upstream-style checkpoint's singular
-    tables (about 2^38) on every code triple and on a photo's JPEG, the 3x3 arch D (the whole
-    image decoded first) on an odd-sized one; a truncated JPEG is an error, not grey pixels."""
+    tables (about 2^38) on every code triple and on an odd-sized photo's JPEG (libjpeg's raw
+    planes, the last band of 8 rows cut short), the same photo subsampled 4:2:0 (not raw:
+    libjpeg upsamples, as under Pillow), the 3x3 arch D (the whole image decoded first) on an
+    odd-sized one; a truncated JPEG is an error, not grey pixels."""
     from otterlite.errors import OtterliteError
     from otterlite.firmware_sim.consumer import LibraryInverse
     from otterlite.models.checkpoint import load_seaotter
@@ -194,7 +196,7 @@ def test_c_consumer_decodes_like_numpy(tmp_path, photo, defines):
     from otterlite.runtime import ConsumerDecoder
     from otterlite.integer_spec.freeze import freeze_seaotter_inverse
 
-    for arch, image in (("A", photo[:120, :160]), ("D", photo[:37, :51])):
+    for arch, image in (("A", photo[:117, :157]), ("D", photo[:37, :51])):
         folder, _ = write_upstream_seaotter(tmp_path / arch, arch, "jfif", seed=5)
         bundle, ckpt = load_seaotter(str(folder))
         inverse = freeze_seaotter_inverse(bundle, ckpt.sha256)
@@ -208,6 +210,12 @@ def test_c_consumer_decodes_like_numpy(tmp_path, photo, defines):
         jpeg = write_codec_jpeg(codes, bundle.qtable(1), ckpt.sha256, 1)
         h, w = codes.shape[:2]
         np.testing.assert_array_equal(library.decode(jpeg, w, h), numpy_consumer.decode(jpeg))
+        if arch == "A":
+            subsampled = io.BytesIO()
+            Image.open(io.BytesIO(jpeg)).save(subsampled, format="JPEG", subsampling=2, quality=90,
+                                              comment=Image.open(io.BytesIO(jpeg)).info["comment"])
+            np.testing.assert_array_equal(library.decode(subsampled.getvalue(), w, h),
+                                          numpy_consumer.decode(subsampled.getvalue()))
         with pytest.raises(OtterliteError, match="unreadable JPEG .libjpeg: .*truncated or corrupted"):
             library.decode(jpeg[:len(jpeg) // 2], w, h)
     plain = library.decode(jpeg, w, h, inverse=False)

@@ -82,6 +82,7 @@ MIX_SOURCE = """\
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(OTL_NO_AVX512)
 #include <immintrin.h>
 #define OTL_INV_AVX512 __attribute__((target("avx512f,avx512vl")))
+#define OTL_INV_INLINE inline __attribute__((always_inline))
 #endif
 
 #define OTL_INV_SHIFT {shift}
@@ -102,12 +103,15 @@ static uint8_t otl_inv_out(int64_t sum)
     return (uint8_t)(q - OTL_INV_OFFSET);
 }}
 
-static void otl_inverse_scalar(const uint8_t *codes, long n, uint8_t *rgb)
+/* n pixels whose codes are z0[step i], z1[step i], z2[step i]: interleaved (step 3) or planes
+   (step 1) */
+static void otl_inverse_scalar(const uint8_t *z0, const uint8_t *z1, const uint8_t *z2, long step, long n,
+                               uint8_t *rgb)
 {{
     long i;
-    for (i = 0; i < n; i++, codes += 3, rgb += 3) {{
-        const int64_t *e0 = otl_inv_mix + 4 * codes[0], *e1 = otl_inv_mix + 4 * (256 + codes[1]);
-        const int64_t *e2 = otl_inv_mix + 4 * (512 + codes[2]);
+    for (i = 0; i < n; i++, rgb += 3) {{
+        const int64_t *e0 = otl_inv_mix + 4 * z0[step * i], *e1 = otl_inv_mix + 4 * (256 + z1[step * i]);
+        const int64_t *e2 = otl_inv_mix + 4 * (512 + z2[step * i]);
         rgb[0] = otl_inv_out(e0[0] + e1[0] + e2[0]);
         rgb[1] = otl_inv_out(e0[1] + e1[1] + e2[1]);
         rgb[2] = otl_inv_out(e0[2] + e1[2] + e2[2]);
@@ -118,21 +122,38 @@ static void otl_inverse_scalar(const uint8_t *codes, long n, uint8_t *rgb)
 /* one pixel per 4-lane register: three row loads, two adds, the shift, the clamp, the four
    low bytes stored (the fourth is the next pixel's first, written after); the last pixel of
    the call goes to the scalar loop */
-static OTL_INV_AVX512 void otl_inverse_avx512(const uint8_t *codes, long n, uint8_t *rgb)
+static OTL_INV_AVX512 OTL_INV_INLINE void otl_inverse_avx512(const uint8_t *z0, const uint8_t *z1,
+                                                            const uint8_t *z2, long step, long n, uint8_t *rgb)
 {{
     const __m256i lo = _mm256_set1_epi64x((long long)OTL_INV_OFFSET);
     const __m256i hi = _mm256_set1_epi64x((long long)OTL_INV_OFFSET + 255);
     long i;
-    for (i = 0; i + 1 < n; i++, codes += 3, rgb += 3) {{
+    for (i = 0; i + 1 < n; i++, rgb += 3) {{
         __m256i sum = _mm256_add_epi64(
-            _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * codes[0])),
-                             _mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * (256 + codes[1])))),
-            _mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * (512 + codes[2]))));
+            _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * z0[step * i])),
+                             _mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * (256 + z1[step * i])))),
+            _mm256_loadu_si256((const __m256i *)(const void *)(otl_inv_mix + 4 * (512 + z2[step * i]))));
         __m256i q = _mm256_min_epu64(_mm256_max_epu64(_mm256_srli_epi64(sum, OTL_INV_SHIFT), lo), hi);
         int32_t four = _mm_cvtsi128_si32(_mm256_cvtepi64_epi8(_mm256_sub_epi64(q, lo)));
         memcpy(rgb, &four, 4);
     }}
-    otl_inverse_scalar(codes, n - i, rgb);
+    otl_inverse_scalar(z0 + step * i, z1 + step * i, z2 + step * i, step, n - i, rgb);
+}}
+
+static OTL_INV_AVX512 void otl_inverse_avx512_interleaved(const uint8_t *codes, long n, uint8_t *rgb)
+{{
+    otl_inverse_avx512(codes, codes + 1, codes + 2, 3, n, rgb);
+}}
+
+static OTL_INV_AVX512 void otl_inverse_avx512_planes(const uint8_t *z0, const uint8_t *z1, const uint8_t *z2,
+                                                     long n, uint8_t *rgb)
+{{
+    otl_inverse_avx512(z0, z1, z2, 1, n, rgb);
+}}
+
+static int otl_inv_has_avx512(void)
+{{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
 }}
 #endif
 
@@ -140,20 +161,37 @@ static OTL_INV_AVX512 void otl_inverse_avx512(const uint8_t *codes, long n, uint
 void otl_inverse(const uint8_t *codes, int width, int height, uint8_t *rgb)
 {{
 #ifdef OTL_INV_AVX512
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {{
-        otl_inverse_avx512(codes, (long)width * height, rgb);
+    if (otl_inv_has_avx512()) {{
+        otl_inverse_avx512_interleaved(codes, (long)width * height, rgb);
         return;
     }}
 #endif
-    otl_inverse_scalar(codes, (long)width * height, rgb);
+    otl_inverse_scalar(codes, codes + 1, codes + 2, 3, (long)width * height, rgb);
+}}
+
+/* n pixels of three component planes (one row of libjpeg's raw data) -> n x 3 interleaved rgb. */
+void otl_inverse_planes(const uint8_t *z0, const uint8_t *z1, const uint8_t *z2, long n, uint8_t *rgb)
+{{
+#ifdef OTL_INV_AVX512
+    if (otl_inv_has_avx512()) {{
+        otl_inverse_avx512_planes(z0, z1, z2, n, rgb);
+        return;
+    }}
+#endif
+    otl_inverse_scalar(z0, z1, z2, 1, n, rgb);
 }}
 """
 
 
+def mix_of_three(spec: TableMixSpec) -> bool:
+    """A 1x1 mix of three channels (the published and default transforms): MIX_SOURCE, with
+    otl_inverse_planes for libjpeg's raw data."""
+    return spec.kernel == 1 and spec.tables.shape[0] == 3
+
+
 def inverse_source(spec: TableMixSpec) -> str:
-    """The 1x1 mix of three channels (the published and default transforms) as MIX_SOURCE,
-    any other kernel as SOURCE."""
-    if spec.kernel == 1 and spec.tables.shape[0] == 3:
+    """The 1x1 mix of three channels as MIX_SOURCE, any other kernel as SOURCE."""
+    if mix_of_three(spec):
         offset = (spec.accumulator_bound >> spec.shift) + 1
         mix = np.zeros((3, 256, 4), np.int64)
         mix[:, :, :3] = spec.tables[:, 0, 0]
@@ -184,6 +222,7 @@ class LibraryInverse:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "otl_inverse.c").write_text(inverse_source(spec))
         sources = ["otl_inverse.c", *([str(CSRC / "otl_jpeg.c"), "-ljpeg"] if jpeg else [])]
+        defines = (*defines, *(["OTL_INV_PLANES"] if mix_of_three(spec) else []))
         done = subprocess.run([find_compiler(), *HOST_CFLAGS, *(f"-D{d}" for d in defines), "-shared", "-fPIC",
                                "-o", "libotl_inverse.so", *sources], cwd=folder, capture_output=True, text=True)
         if done.returncode and jpeg and ("jpeglib.h" in done.stderr or "-ljpeg" in done.stderr):

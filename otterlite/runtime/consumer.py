@@ -32,6 +32,7 @@ def load_inverse_spec(source: str | Path | bytes) -> TableMixSpec:
 
 
 BAND_PIXELS = 1 << 16  # pixels per pass (whole rows, at least one): temporaries stay a few MB
+LOOKUP_PIXELS = 1 << 18  # pixels per table lookup (1 MB of words, L2-sized)
 
 
 def band_rows(width: int) -> int:
@@ -101,12 +102,12 @@ class ConsumerDecoder:
 
     def _lookup(self, words: np.ndarray, h: int, w: int) -> np.ndarray:
         """(H*W,) uint32 words z0 | z1 << 8 | z2 << 16 | x << 24, x 0 or 255 -> (H, W, 3) uint8
-        RGB, a view of the table's r | g << 8 | b << 16 per pixel, looked up a band at a time
-        into the words themselves. Read as int32 a word is the code triple itself (x 0) or
-        that minus 2^24 (x 255), which indexes the same entry of the 2^24-entry table from its
-        end: no mask, and int32 indices suit 32-bit numpy too."""
-        step = band_rows(w) * w
+        RGB, a view of the table's r | g << 8 | b << 16 per pixel, looked up LOOKUP_PIXELS at a
+        time into the words themselves. Read as int32 a word is the code triple itself (x 0) or
+        that minus 2^24 (x 255), which mode "wrap" takes to the same entry of the 2^24-entry
+        table: no mask, int32 indices suit 32-bit numpy too, and unlike mode "raise" numpy
+        writes `out` directly instead of through a buffer (at 1080p here 1.9 -> 1.5 ms)."""
         index = words.view(np.int32)
-        for at in range(0, h * w, step):
-            np.take(self.table, index[at:at + step], out=words[at:at + step])  # out is buffered (mode raise)
+        for at in range(0, h * w, LOOKUP_PIXELS):
+            np.take(self.table, index[at:at + LOOKUP_PIXELS], out=words[at:at + LOOKUP_PIXELS], mode="wrap")
         return words.view(np.uint8).reshape(h, w, 4)[..., :3]
