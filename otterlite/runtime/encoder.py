@@ -112,7 +112,9 @@ class PatchGroup:
     buffer's order (column chunks of `chunk` pixels: jj, b, v, ch with column jj * chunk + v),
     weights[u0 / band][c, ((jj * band + b) * chunk + v) * 3 + ch] = W[c, ch, u0 + b, jj * chunk + v],
     as float32 where every partial sum of a band's product is provably below 2^24 (exact_parts
-    finds one part), else float64; and the thresholds (C, L)."""
+    finds one part), else float64, with zero rows up to a multiple of 4 channels (OpenBLAS
+    takes a (4, K) x (K, n) product faster than a (3, K) one: 4.7 -> 3.1 us here); and the
+    thresholds (C, L)."""
 
     def __init__(self, stage, band: int, chunk: int):
         self.k = stage.stride
@@ -120,7 +122,9 @@ class PatchGroup:
         w = stage.weights.astype(np.int64).reshape(self.channels, 3, self.k // band, band, self.k // chunk, chunk)
         phases = w.transpose(2, 0, 4, 3, 5, 1).reshape(self.k // band, self.channels, 3 * self.k * band)
         self.exact32 = all(exact_parts(np.maximum(m, 0).T, np.minimum(m, 0).T) == [(0, m.shape[1])] for m in phases)
-        self.weights = np.ascontiguousarray(phases, np.float32 if self.exact32 else np.float64)
+        self.weights = np.zeros((phases.shape[0], -(-self.channels // 4) * 4, phases.shape[2]),
+                                np.float32 if self.exact32 else np.float64)
+        self.weights[:, :self.channels] = phases
         self.search = ChannelSearch(stage.thresholds)
 
     def count(self, acc: np.ndarray) -> np.ndarray:
@@ -287,7 +291,7 @@ class StreamingEncoder(RowEncoder):
         dtype = np.result_type(*(g.weights for g in self.groups))
         self.acc = [np.zeros((g.channels, self.padded_width // g.k), np.int32) for g in self.groups]
         self.band_buffer = np.zeros((self.padded_width // self.chunk, self.band, self.chunk, 3), dtype)  # kept
-        self.product = np.empty(max(a.size for a in self.acc), dtype)
+        self.product = np.empty(max(g.weights.shape[1] * a.shape[1] for g, a in zip(self.groups, self.acc)), dtype)
         self.row = 0
         self.traced = None  # accumulators kept by trace()
 
@@ -329,9 +333,9 @@ class StreamingEncoder(RowEncoder):
         if self.row % self.band:
             return done
         for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
-            product = self.product[: acc.size].reshape(acc.shape)
+            product = self.product[: g.weights.shape[1] * acc.shape[1]].reshape(-1, acc.shape[1])
             np.matmul(g.weights[(r % g.k) // self.band], self.band_buffer.reshape(acc.shape[1], -1).T, out=product)
-            np.add(acc, product, out=acc, casting="unsafe")  # integers below 2^31: exact in both
+            np.add(acc, product[:g.channels], out=acc, casting="unsafe")  # integers below 2^31: exact in both
             if r % g.k == g.k - 1:
                 if self.traced is not None:
                     self.traced[gi][:, r // g.k] = acc
@@ -362,8 +366,9 @@ class FrameEncoder:
     into nested patch order (nested_patches) so that every group's patches are the rows of one
     matrix, and per group one matrix product with its weights in that order,
     a[patch, c] = sum_t patch[t] * W'[t, c]: float32 over parts of the patch whose bound is
-    below 2^24 (exact_parts), the parts summed in float64 (float64 if one value's bound is
-    not); the band stays in cache between the products. The count by the spec's bucket table
+    below 2^24 (exact_parts), each part a block of columns of the same product
+    (part_columns), the parts summed in float64 (float64 if one value's bound is not); the
+    band stays in cache between the products. The count by the spec's bucket table
     (count_by_buckets) where it has one, else by search (count_levels)."""
 
     def __init__(self, spec: ThresholdConvSpec):
@@ -380,7 +385,8 @@ class FrameEncoder:
                     weights = nested_weights(stage.weights, chain[len(levels) - 1:])
                     parts = exact_parts(np.maximum(weights, 0), np.minimum(weights, 0))
                     dtype = np.float32 if parts else np.float64
-                    groups.append((g, levels, weights.astype(dtype), parts or [(0, weights.shape[0])]))
+                    parts = parts or [(0, weights.shape[0])]
+                    groups.append((g, levels, part_columns(weights, parts).astype(dtype), parts))
             self.chains.append((chain, groups))
 
     def encode(self, rgb: np.ndarray) -> list[np.ndarray]:
@@ -408,29 +414,44 @@ class FrameEncoder:
                 for g, levels, weights, parts in groups:
                     if weights.dtype not in bands:
                         bands[weights.dtype] = nested_patches(rgb[y: y + chain[0]], chain, weights.dtype)
-                    patches = bands[weights.dtype].reshape(-1, weights.shape[0])
-                    sums = small_products(patches, weights, *parts[0])
-                    for a, b in parts[1:]:  # more parts: their sums added in float64
-                        sums = sums + small_products(patches, weights, a, b).astype(np.float64)
+                    sums = small_products(bands[weights.dtype].reshape(-1, weights.shape[0]), weights)
+                    c = spec.stages[g].weights.shape[0]
+                    if len(parts) > 1:  # more parts: their columns added in float64
+                        sums = sum(sums[:, p * c:(p + 1) * c].astype(np.float64) for p in range(len(parts)))
+                    sums = sums[:, :c]
                     k = levels[-1]
                     out[g][y // k: (y + chain[0]) // k] = patch_order_to_rows(sums, chain[0], w, levels)
         return out
 
 
-SMALL_PRODUCT = 10 ** 6  # rows x terms x channels of one product: OpenBLAS's unpacked small-matrix kernel
+SMALL_PRODUCT = 10 ** 6  # rows x terms x columns of one product: OpenBLAS's unpacked small-matrix kernel
+PRODUCT_COLUMNS = 8  # weight columns padded to a multiple of this
 
 
-def small_products(patches: np.ndarray, weights: np.ndarray, a: int, b: int) -> np.ndarray:
-    """patches[:, a:b] @ weights[a:b], in blocks of rows whose rows x (b - a) x C stays within
+def part_columns(weights: np.ndarray, parts: list[tuple[int, int]]) -> np.ndarray:
+    """(T, C) weights -> (T, n): part p's rows [a, b) in columns p C .. p C + C - 1, zero
+    elsewhere (each column's partial sums stay within its part's bound), n = len(parts) C
+    rounded up to PRODUCT_COLUMNS: OpenBLAS's kernels take N = 8 as fast as N = 3 or 6 here
+    (AVX2 kernels on this EPYC: 1080p products per band 148 -> 112 us, the 32x32 group's two
+    parts in one product)."""
+    t, c = weights.shape
+    out = np.zeros((t, -(-len(parts) * c // PRODUCT_COLUMNS) * PRODUCT_COLUMNS), weights.dtype)
+    for p, (a, b) in enumerate(parts):
+        out[a:b, p * c:(p + 1) * c] = weights[a:b]
+    return out
+
+
+def small_products(patches: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """patches @ weights, in blocks of rows whose rows x terms x columns stays within
     SMALL_PRODUCT: OpenBLAS (numpy's wheels) multiplies those without packing the patches
     first. The 16x16 group's (240, 768) x (768, 6) per band costs 69 us as one product and
-    30 us as two of 120 rows here (1 thread, AVX-512): whole-frame encode 7.6 -> 6.4 ms at 1080p."""
-    rows = max(1, SMALL_PRODUCT // ((b - a) * weights.shape[1]))
+    30 us as two of 120 rows on a Xeon (1 thread, AVX-512): whole-frame encode 7.6 -> 6.4 ms at 1080p."""
+    rows = max(1, SMALL_PRODUCT // (weights.shape[0] * weights.shape[1]))
     if rows >= patches.shape[0]:
-        return patches[:, a:b] @ weights[a:b]
+        return patches @ weights
     out = np.empty((patches.shape[0], weights.shape[1]), weights.dtype)
     for r in range(0, patches.shape[0], rows):
-        np.matmul(patches[r:r + rows, a:b], weights[a:b], out=out[r:r + rows])
+        np.matmul(patches[r:r + rows], weights, out=out[r:r + rows])
     return out
 
 
