@@ -279,10 +279,12 @@ static OTL_AVX512 OTL_INLINE __m128i quarters_sum(__m512i s) {
 /* One body for both AVX-512 kernels, specialised by `bytes` (a constant at each call site):
  * pairs (0: 8 values widened to int16 per step, VPDPWSSD) or quads (1: 16 bytes per step,
  * VPDPBUSD u8 x s8). Either way each step reads 64 bytes of weights per block of four
- * channels, takes two patches side by side (an odd last one is paired with itself and
- * stored once) and two blocks at a time (then a last one alone). `rows` kernel rows (image
- * rows x + row_bytes r, weights w + r blocks 64 steps) add into the same registers, so each
- * patch's sums are reduced and added to acc once per call, not once per row. */
+ * channels and takes four patches side by side (past the last one the last is repeated, not
+ * stored), two blocks at a time (then a last one alone): eight or four independent chains of
+ * dot products, enough to hide their latency (two patches at a time left the 3-channel
+ * groups waiting on it). `rows` kernel rows (image rows x + row_bytes r, weights
+ * w + r blocks 64 steps) add into the same registers, so each patch's sums are reduced and
+ * added to acc once per call, not once per row. */
 static OTL_AVX512 OTL_INLINE __m512i step_lanes(const uint8_t *x, int bytes) {
     return bytes ? spread_quads(x) : quad_lanes(x);
 }
@@ -290,6 +292,16 @@ static OTL_AVX512 OTL_INLINE __m512i step_lanes(const uint8_t *x, int bytes) {
 static OTL_AVX512 OTL_INLINE __m512i step_dot(__m512i acc, __m512i x, const void *w, int bytes) {
     const __m512i wv = _mm512_loadu_si512(w);
     return bytes ? _mm512_dpbusd_epi32(acc, x, wv) : _mm512_dpwssd_epi32(acc, x, wv);
+}
+
+/* acc[p][4 b ..] += the four lanes' sums of patch p (p < n live patches), block b (channels
+ * 4 b .. of c). */
+static OTL_AVX512 OTL_INLINE void add_block(int32_t *acc, int c, int b, int n, __m512i s0, __m512i s1, __m512i s2,
+                                            __m512i s3) {
+    add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
+    if (n > 1) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
+    if (n > 2) add_lanes_sse2(acc + 2 * c + 4 * b, quarters_sum(s2), c - 4 * b);
+    if (n > 3) add_lanes_sse2(acc + 3 * c + 4 * b, quarters_sum(s3), c - 4 * b);
 }
 
 static OTL_AVX512 OTL_INLINE void avx512_patches(int32_t *acc, const uint8_t *x, int count, int step, size_t row_bytes,
@@ -300,39 +312,45 @@ static OTL_AVX512 OTL_INLINE void avx512_patches(int32_t *acc, const uint8_t *x,
     const size_t row_weights = block * (size_t)grp->blocks;      /* weight bytes per kernel row */
     const int advance = bytes ? 16 : 8;                          /* pixel values per step */
     int i, b, r, s;
-    for (i = 0; i < count; i += 2, acc += 2 * c, x += 2 * step) {
-        const uint8_t *x1 = i + 1 < count ? x + step : x;
-        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: blocks b (patches 0, 1), t: block b + 1 */
+    for (i = 0; i < count; i += 4, acc += 4 * c, x += 4 * step) {
+        const int n = count - i < 4 ? count - i : 4;  /* live patches */
+        const uint8_t *x1 = x + (n > 1 ? step : 0), *x2 = x + (n > 2 ? 2 * step : 0), *x3 = x + (n > 3 ? 3 * step : 0);
+        for (b = 0; b + 2 <= grp->blocks; b += 2) {  /* s: block b, t: block b + 1 */
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
             __m512i t0 = _mm512_setzero_si512(), t1 = _mm512_setzero_si512();
+            __m512i t2 = _mm512_setzero_si512(), t3 = _mm512_setzero_si512();
             for (r = 0; r < rows; r++) {
                 const uint8_t *wb = w + (size_t)r * row_weights + (size_t)b * block;
-                const uint8_t *xa = x + (size_t)r * row_bytes, *xb = x1 + (size_t)r * row_bytes;
-                for (s = 0; s < steps; s++, wb += 64, xa += advance, xb += advance) {
-                    const __m512i u = step_lanes(xa, bytes), v = step_lanes(xb, bytes);
-                    s0 = step_dot(s0, u, wb, bytes), s1 = step_dot(s1, v, wb, bytes);
-                    t0 = step_dot(t0, u, wb + block, bytes), t1 = step_dot(t1, v, wb + block, bytes);
+                const size_t o = (size_t)r * row_bytes;
+                for (s = 0; s < steps; s++, wb += 64) {
+                    const size_t at = o + (size_t)(advance * s);
+                    const __m512i u0 = step_lanes(x + at, bytes), u1 = step_lanes(x1 + at, bytes);
+                    const __m512i u2 = step_lanes(x2 + at, bytes), u3 = step_lanes(x3 + at, bytes);
+                    s0 = step_dot(s0, u0, wb, bytes), s1 = step_dot(s1, u1, wb, bytes);
+                    s2 = step_dot(s2, u2, wb, bytes), s3 = step_dot(s3, u3, wb, bytes);
+                    t0 = step_dot(t0, u0, wb + block, bytes), t1 = step_dot(t1, u1, wb + block, bytes);
+                    t2 = step_dot(t2, u2, wb + block, bytes), t3 = step_dot(t3, u3, wb + block, bytes);
                 }
             }
-            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
-            add_lanes_sse2(acc + 4 * b + 4, quarters_sum(t0), c - 4 * b - 4);
-            if (i + 1 < count) {
-                add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
-                add_lanes_sse2(acc + c + 4 * b + 4, quarters_sum(t1), c - 4 * b - 4);
-            }
+            add_block(acc, c, b, n, s0, s1, s2, s3);
+            add_block(acc, c, b + 1, n, t0, t1, t2, t3);
         }
         if (b < grp->blocks) {  /* the last block alone */
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
             for (r = 0; r < rows; r++) {
                 const uint8_t *wb = w + (size_t)r * row_weights + (size_t)b * block;
-                const uint8_t *xa = x + (size_t)r * row_bytes, *xb = x1 + (size_t)r * row_bytes;
-                for (s = 0; s < steps; s++, wb += 64, xa += advance, xb += advance) {
-                    s0 = step_dot(s0, step_lanes(xa, bytes), wb, bytes);
-                    s1 = step_dot(s1, step_lanes(xb, bytes), wb, bytes);
+                const size_t o = (size_t)r * row_bytes;
+                for (s = 0; s < steps; s++, wb += 64) {
+                    const size_t at = o + (size_t)(advance * s);
+                    s0 = step_dot(s0, step_lanes(x + at, bytes), wb, bytes);
+                    s1 = step_dot(s1, step_lanes(x1 + at, bytes), wb, bytes);
+                    s2 = step_dot(s2, step_lanes(x2 + at, bytes), wb, bytes);
+                    s3 = step_dot(s3, step_lanes(x3 + at, bytes), wb, bytes);
                 }
             }
-            add_lanes_sse2(acc + 4 * b, quarters_sum(s0), c - 4 * b);
-            if (i + 1 < count) add_lanes_sse2(acc + c + 4 * b, quarters_sum(s1), c - 4 * b);
+            add_block(acc, c, b, n, s0, s1, s2, s3);
         }
     }
 }
