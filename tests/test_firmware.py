@@ -121,6 +121,22 @@ def test_amx_weight_tiles_hold_the_weights():
                 assert (values.sum(axis=1) == want).all()
 
 
+def test_packed_pairs_fill_every_lane():
+    """The AVX-512 pairs kernel's 3-channel layout: block j lane l holds channel (4j + l) mod 3's
+    pairs (four patches' 12 sums in three blocks); only where it stays within PACKED_MAX_BYTES
+    (the default 8x8 group, not 32x32), never for other channel counts."""
+    from otterlite.firmware_sim.codegen import PACKED_MAX_BYTES, packed_layout, pair_layout
+    rng = np.random.default_rng(5)
+    w = rng.integers(-256, 256, (3, 3, 8, 8))
+    packed, one = packed_layout(w), pair_layout(w)  # [u][block][pair][lane][2]
+    assert packed.shape == (8, 3, *one.shape[2:]) and 2 * packed.size <= PACKED_MAX_BYTES
+    for j in range(3):
+        for lane in range(4):
+            np.testing.assert_array_equal(packed[:, j, :, lane], one[:, 0, :, (4 * j + lane) % 3])
+    assert packed_layout(rng.integers(-256, 256, (3, 3, 32, 32))) is None
+    assert packed_layout(rng.integers(-256, 256, (6, 3, 8, 8))) is None
+
+
 @pytest.mark.parametrize("defines", KERNELS)
 def test_sanitized_build_is_clean_on_the_adversarial_set(built, defines):
     spec, _, _ = built

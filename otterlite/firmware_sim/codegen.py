@@ -8,7 +8,9 @@ with t = 2p + i (t = 3v + ch indexes a kernel row's RGB-interleaved pixels), zer
 channels or 3K values: each pair of pixel values meets the weight pairs of four channels,
 the operand order of a 16-bit multiply-add (otl_encoder.c). Groups with 8-bit weights also
 get weights8[u][b][q][l][i] = the same with t = 4q + i, int8: four values per lane, the
-operand order of the u8 x s8 dot product (VPDPBUSD); on Linux x86 groups of at most 16
+operand order of the u8 x s8 dot product (VPDPBUSD); x86 builds with AVX-512 also get, for
+a group of 3 channels whose pairs fit PACKED_MAX_BYTES three times over, the packed layout
+weights_packed (packed_layout: block j lane l = channel (4j + l) mod 3); on Linux x86 groups of at most 16
 channels also get weights_amx (amx_layout: TDPBUSD weight tiles, one per chunk of at most 64
 values of a kernel row and int8 digit plane of the weights, or both planes of 9-bit weights
 side by side in one tile's columns). Arm DSP builds take instead
@@ -181,6 +183,20 @@ def quad_layout(weights: np.ndarray) -> np.ndarray:
     return lane_layout(weights, 4)
 
 
+PACKED_MAX_BYTES = 16 * 1024  # packed pairs only while they stay in L1 beside the band (32x32: 3 x 12 KB would not)
+
+
+def packed_layout(weights: np.ndarray) -> np.ndarray | None:
+    """3 channels: W[c, ch, u, v] -> [u][j < 3][pair][lane][2], block j lane l holding channel
+    (4 j + l) mod 3: four patches' 12 (patch, channel) sums fill three blocks, none idle (the
+    AVX-512 pairs kernel's 3-channel path); None for other channel counts or where the layout
+    (three times a block's weights) passes PACKED_MAX_BYTES."""
+    if weights.shape[0] != 3:
+        return None
+    packed = lane_layout(np.tile(weights, (4, 1, 1, 1)), 2)
+    return packed if 2 * packed.size <= PACKED_MAX_BYTES else None
+
+
 AMX_MAX_PLANES = 4  # digit planes the AMX kernel takes (weights up to 9 bits: 3); wider ones stay on pairs
 AMX_MAX_CHANNELS = 16  # one accumulator tile: 16 rows of at most 16 int32
 
@@ -250,6 +266,11 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
     lines = ["#if OTL_DSP_WEIGHTS", f"static const uint64_t group{g}_weights_dsp[{len(lanes)}] = {{", lane_text, "};",
              "#else", f"static const otl_weight_t group{g}_weights[{pairs_w.size}] = {{", c_array(pairs_w), "};",
              "#endif", ""]
+    packed_pairs, packed = "NULL", packed_layout(stage.weights)
+    if packed is not None:
+        packed_pairs = f"OTL_PACKED(group{g}_weights_packed)"
+        lines += ["#if OTL_PACKED_WEIGHTS", f"static const otl_weight_t group{g}_weights_packed[{packed.size}] = {{",
+                  c_array(packed), "};", "#endif", ""]
     buckets = stage_buckets(stage)
     if buckets is None:
         thresholds, table = f"group{g}_thresholds", "NULL"
@@ -273,7 +294,7 @@ def group_arrays(g: int, stage) -> tuple[list[str], str]:
         lines += ["#if OTL_AMX_WEIGHTS", f"static const int8_t group{g}_weights_amx[{amx.size}] = {{", c_array(amx),
                   "};", "#endif", ""]
     initializer = (f"    {{{stage.stride}, {k}, {stage.pad}, {c}, {stage.channels[0]}, {pairs}, {blocks}, "
-                   f"OTL_PAIRS(group{g}_weights), {quads}, {bytes_weights}, "
+                   f"OTL_PAIRS(group{g}_weights), {packed_pairs}, {quads}, {bytes_weights}, "
                    f"{amx.shape[1]}, {amx.shape[2]}, {width}, {patches}, {columns}, {amx_weights}, {trios}, {dsp_quads}, "
                    f"OTL_DSP(group{g}_weights_dsp), {thresholds}, {table}}},")
     return lines, initializer
@@ -304,6 +325,7 @@ def model_source(spec: ThresholdConvSpec) -> str:
              "#if OTL_DSP_WEIGHTS", "#define OTL_PAIRS(w) NULL", "#define OTL_DSP(w) (w)", "#else",
              "#define OTL_PAIRS(w) (w)", "#define OTL_DSP(w) NULL", "#endif",
              "#if OTL_BYTES_WEIGHTS", "#define OTL_BYTES(w) (w)", "#else", "#define OTL_BYTES(w) NULL", "#endif",
+             "#if OTL_PACKED_WEIGHTS", "#define OTL_PACKED(w) (w)", "#else", "#define OTL_PACKED(w) NULL", "#endif",
              "#if OTL_AMX_WEIGHTS", "#define OTL_AMX(w) (w)", "#else", "#define OTL_AMX(w) NULL", "#endif", ""]
     rows = []
     for g, stage in enumerate(spec.stages):

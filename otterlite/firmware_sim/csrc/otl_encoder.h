@@ -55,6 +55,12 @@
 #else
 #define OTL_BYTES_WEIGHTS 0
 #endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(OTL_PORTABLE) && !defined(OTL_NO_AVX2) && \
+    !defined(OTL_NO_AVX512)
+#define OTL_PACKED_WEIGHTS 1  /* the AVX-512 pairs kernel's 3-channel layout */
+#else
+#define OTL_PACKED_WEIGHTS 0
+#endif
 #if OTL_BYTES_WEIGHTS && defined(__linux__) && !defined(OTL_NO_AMX)  /* Linux: the tile permission (otl_encoder.c) */
 #define OTL_AMX_WEIGHTS 1
 #else
@@ -90,6 +96,9 @@ typedef struct {
     const otl_weight_t *weights;  /* not OTL_DSP_WEIGHTS builds (else NULL): [K][blocks][pairs][4][2]: kernel row u,
                                      block b, pair p, lane l,
                                      = W[u][4b + l][2p + i] (t = 3v + ch), 0 past C or 3K */
+    const otl_weight_t *weights_packed;  /* OTL_PACKED_WEIGHTS builds, C = 3 and at most 16 KB (else NULL):
+                                     [K][3][pairs][4][2], as weights with block j lane l = channel (4j + l) mod 3
+                                     (four patches' sums in three blocks) */
     int quads;               /* ceil(3K / 16) * 4: quads of values per kernel row (weights8) */
     const int8_t *weights8;  /* OTL_BYTES_WEIGHTS builds, 8-bit weights (else NULL): [K][blocks][quads][4][4]
                                 = W[u][4b + l][4q + i], for u8 x s8 four-value dot products */
