@@ -292,6 +292,15 @@ class StreamingEncoder(RowEncoder):
         self.acc = [np.zeros((g.channels, self.padded_width // g.k), np.int32) for g in self.groups]
         self.band_buffer = np.zeros((self.padded_width // self.chunk, self.band, self.chunk, 3), dtype)  # kept
         self.product = np.empty(max(g.weights.shape[1] * a.shape[1] for g, a in zip(self.groups, self.acc)), dtype)
+        # views made once (at 1080p their making cost ~2 ms a frame): per group the band as its
+        # (k band 3, W/k) matrix, its product and the product's rows of real channels; per band
+        # row the slot's whole chunks and the row's pixels that fill them
+        self.views = []
+        for g, a in zip(self.groups, self.acc):
+            product = self.product[: g.weights.shape[1] * a.shape[1]].reshape(-1, a.shape[1])
+            self.views.append((self.band_buffer.reshape(a.shape[1], -1).T, product, product[:g.channels]))
+        self.full = self.width // self.chunk
+        self.slots = [self.band_buffer[:self.full, b] for b in range(self.band)]
         self.row = 0
         self.traced = None  # accumulators kept by trace()
 
@@ -308,9 +317,10 @@ class StreamingEncoder(RowEncoder):
         return self.state_bytes + self.product.nbytes
 
     def put(self, row: np.ndarray) -> None:
-        slot, full = self.band_buffer[:, self.row % self.band], self.width // self.chunk
-        slot[:full] = row[: full * self.chunk].reshape(full, self.chunk, 3)
-        if full < slot.shape[0]:  # the right edge: the last pixel repeated
+        full = self.full
+        self.slots[self.row % self.band][...] = row[: full * self.chunk].reshape(full, self.chunk, 3)
+        if full < self.band_buffer.shape[0]:  # the right edge: the last pixel repeated
+            slot = self.band_buffer[:, self.row % self.band]
             rest = self.width - full * self.chunk
             slot[full, :rest] = row[full * self.chunk:]
             slot[full, rest:] = row[-1]
@@ -332,10 +342,9 @@ class StreamingEncoder(RowEncoder):
         self.row += 1
         if self.row % self.band:
             return done
-        for gi, (g, acc) in enumerate(zip(self.groups, self.acc)):
-            product = self.product[: g.weights.shape[1] * acc.shape[1]].reshape(-1, acc.shape[1])
-            np.matmul(g.weights[(r % g.k) // self.band], self.band_buffer.reshape(acc.shape[1], -1).T, out=product)
-            np.add(acc, product[:g.channels], out=acc, casting="unsafe")  # integers below 2^31: exact in both
+        for gi, (g, acc, (band, product, kept)) in enumerate(zip(self.groups, self.acc, self.views)):
+            np.matmul(g.weights[(r % g.k) // self.band], band, out=product)
+            np.add(acc, kept, out=acc, casting="unsafe")  # integers below 2^31: exact in both
             if r % g.k == g.k - 1:
                 if self.traced is not None:
                     self.traced[gi][:, r // g.k] = acc
