@@ -408,11 +408,6 @@ static OTL_AVX512 void add_packed3_avx512(int32_t *acc, const uint8_t *x, int co
     }
 }
 
-static OTL_AVX512 void add_patches_avx512(int32_t *acc, const uint8_t *x, int count, int step,
-                                          const otl_weight_t *w, const otl_group *grp) {
-    avx512_patches(acc, x, count, step, 0, 1, (const uint8_t *)(const void *)w, grp->pairs / 4, grp, 0);
-}
-
 /* add_rows for AVX-512 VNNI: kernel rows u .. u + rows - 1 in one call, by the bytes kernel
  * (VPDPBUSD u8 x s8: 64 products per instruction, twice VPDPWSSD's) for a group with 8-bit
  * weights where compiled in, else the pairs kernel: packed (add_packed3_avx512) for a group
@@ -625,10 +620,8 @@ static int has_amx(void) {
 }
 #endif
 
+/* The one-row kernel below AVX-512 VNNI (with it add_rows takes add_rows_avx512). */
 static add_patches_fn patch_kernel(void) {
-#if !defined(OTL_NO_AVX512)
-    if (has_avx512_vnni()) return add_patches_avx512;
-#endif
     return __builtin_cpu_supports("avx2") ? add_patches_avx2 : add_patches_sse2;
 }
 #else
