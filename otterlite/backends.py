@@ -276,7 +276,7 @@ def litert_loader(resolver: str):
                     kept.get_tensor(index[name])
             values = {k: tensor(n) for k, n in tflite_writer.probe_tensors(spec).items()}
             got = [np.ascontiguousarray(kept.get_tensor(o["index"]).transpose(0, 3, 1, 2)) for o in outputs]
-            return {"outputs": got, **tflite_writer.probe_values(spec, values)}
+            return {"outputs": got, **tflite_writer.probe_values(spec, values, *x.shape[2:])}
         run = nhwc_runner(invoke, source["shape"], path)
         run.probe = probe
         return run

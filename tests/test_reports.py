@@ -198,12 +198,13 @@ def test_localised_on_spec_runtimes(folders, tmp_path, monkeypatch, backend):
 
 
 INVERSE_CASES = {  # corruption -> stage named; each edit: (onnx tensor, change, tflite tensor, change)
-    "table": ("table_rows", lambda a, s: a.__setitem__((257 + 129, 2), a[257 + 129, 2] + 2 ** s),
-              "table_hi", lambda a, s: a.__setitem__(3 * (257 + 129) + 2, a[3 * (257 + 129) + 2] + 2 ** (s - 16))),
-    "mix": ("bias_i64", lambda a, s: a.__setitem__(2, a[2] + 2 ** s),
-            "part_scale", lambda a, s: a.__setitem__(0, a[0] + 1)),
-    "final shift": ("divisor_i64", lambda a, s: a.__setitem__((), a * 2),
-                    "divisor_i32", lambda a, s: a.__setitem__(0, a[0] * 2)),
+    "table": ("table_rows", lambda a, s: a.__setitem__((1, 2 * 257 + 129), a[1, 2 * 257 + 129] + 2 ** s),
+              "table_rows", lambda a, s: a.reshape(-1, 6).__setitem__((257 + 129, 2), a.reshape(-1, 6)[257 + 129, 2]
+                                                                       + 2 ** (s - 16))),
+    "mix": ("bias", lambda a, s: a.__setitem__((2, 0), a[2, 0] + 2 ** s),
+            "sum_filter", lambda a, s: a.reshape(6, -1).__setitem__((2, 2), 2 * a.reshape(6, -1)[2, 2])),
+    "final shift": ("divisor", lambda a, s: a.__setitem__((), a * 2),
+                    "shift_scale", lambda a, s: a.__setitem__(0, a[0] / 2)),
 }
 
 
