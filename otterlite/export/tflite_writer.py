@@ -527,9 +527,9 @@ def table_mix_model(spec: TableMixSpec, height: int, width: int, output_name: st
     index = g.op(Op.CAST, [index], np.int32, g.shape(index), "row_index")
     rows = spec.rows()
     rows[0, k // 2, k // 2, 1:] += spec.bias  # the centre tap is always inside the image
-    rows = rows.reshape(terms * 257, 3)
-    total = (np.abs(rows.reshape(terms, 257, 3)).max(axis=1).sum(axis=0) // 65536).max() + terms  # summed |hi| parts
+    total = (np.abs(rows).max(axis=3).reshape(terms, 3).sum(axis=0) // 65536).max() + terms  # summed |hi| parts
     assert total < FLOAT_EXACT_LIMIT, "freeze keeps |acc| < 2^39, so the summed hi parts are float32-exact"
+    rows = rows.reshape(terms * 257, 3)
     table = np.concatenate([rows >> 16, rows & 0xFFFF], axis=1).astype(np.float32)  # (T * 257, 6): hi, lo
     n = height * width
     index = g.op(Op.RESHAPE, [index, g.const("index_shape", np.array([1, n, terms], np.int32))], np.int32,
